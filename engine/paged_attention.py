@@ -1,0 +1,118 @@
+"""The one attention read over the paged KV pool. A fused kernel per device would replace this
+function; everything it needs is in the cache's plan (engine/attention_plan.py).
+
+Queries are grouped per kv head (`[kv_heads, group * q_len, head_dim]`), so GQA reads each key
+once. On the CPU, tiles are read through a strided window view of the pool with `gather_mm`,
+without copying K/V; each tile gives softmax partials, merged per row by log-sum-exp, and the
+output is normalized once at the end.
+"""
+
+import math
+
+import mlx.core as mx
+
+from engine.attention_plan import TileRead
+from engine.device import on_gpu
+
+_LN2 = math.log(2.0)
+_EXP2_TAYLOR = [_LN2**k / math.factorial(k) for k in range(7)]  # 2**f for |f| <= 1/2, error 1.2e-7
+_ROUND = 1.5 * 2**23  # adding and subtracting it rounds a float32 below 2**22 to the nearest integer
+
+
+def paged_attention(queries: mx.array, cache, scale: float) -> mx.array:
+    """Attention of `queries` [B, n_heads, L, head_dim] (after RoPE) over each row's context in the
+    pool, the new tokens included (the cache wrote them first). Returns [B, n_heads, L, head_dim]."""
+    plan = cache.plan
+    keys = cache.pool.keys[cache.layer]
+    values = cache.pool.values[cache.layer]
+    batch, heads, q_len, dim = queries.shape
+    kv_heads = keys.shape[0]
+    grouped = (queries * scale).reshape(batch, kv_heads, -1, dim)
+    out, tile_max, total = _read_tiles(grouped, keys, values, plan.rows)
+    if plan.destinations is not None:
+        partials = [(out, tile_max, total)]
+        for cascade in plan.cascades:
+            rows = cascade.rows.size
+            stacked = grouped[cascade.rows].transpose(1, 0, 2, 3).reshape(1, kv_heads, -1, dim)
+            partials.append([_per_row(p, rows) for p in _read_tiles(stacked, keys, values, cascade.tiles)])
+        out, total = _merge(partials, plan.destinations, batch)
+    return (out / total).reshape(batch, heads, q_len, dim).astype(queries.dtype)
+
+
+def _read_tiles(queries: mx.array, keys: mx.array, values: mx.array, tiles: TileRead):
+    """Softmax partials of each tile for its query row (queries [Q, kv_heads, M, D]): the
+    unnormalized output [N, kv_heads, M, D], the score max and the sum of exp(score - max), both
+    [N, kv_heads, M, 1]."""
+    key_tiles, index = _tiles(keys, tiles)
+    scores = mx.gather_mm(queries, key_tiles.swapaxes(-1, -2), lhs_indices=tiles.query_rows, rhs_indices=index)
+    scores = scores.astype(mx.float32)  # [N, kv_heads, M, width]
+    if tiles.bias is not None:
+        shape = scores.shape
+        per_query = scores.reshape(shape[0], shape[1], -1, tiles.bias.shape[-2], tiles.width)
+        scores = (per_query + tiles.bias).reshape(shape)
+    tile_max = scores.max(axis=-1, keepdims=True)
+    weights = _exp(scores - tile_max)
+    total = weights.sum(axis=-1, keepdims=True)
+    value_tiles, index = _tiles(values, tiles)
+    out = mx.gather_mm(weights.astype(values.dtype), value_tiles, rhs_indices=index)
+    return out.astype(mx.float32), tile_max, total
+
+
+def _tiles(pool: mx.array, tiles: TileRead) -> tuple[mx.array, mx.array | None]:
+    """The tiles' keys or values for gather_mm: on the CPU every window of `width` consecutive slots
+    as a view of the pool, [kv_heads, slots - width + 1, width, head_dim] (overlapping rows, no
+    copy), with the tiles' window indices. GPU matmul kernels would copy such a view whole, so
+    there the tiles are gathered instead, [N, kv_heads, width, head_dim]."""
+    heads, slots, dim = pool.shape
+    width = tiles.width
+    if not on_gpu():
+        windows = mx.as_strided(pool, (heads, slots - width + 1, width, dim), (slots * dim, dim, dim, 1))
+        return windows, tiles.windows
+    first_slots = tiles.windows[:, :1]  # head 0's window index is its first slot
+    return pool[:, first_slots + mx.arange(width, dtype=mx.uint32)].transpose(1, 0, 2, 3), None
+
+
+def _per_row(partial: mx.array, rows: int) -> mx.array:
+    """[N, kv_heads, rows * M, X] partials of stacked rows -> [N * rows, kv_heads, M, X], tile-major."""
+    tiles, kv_heads, stacked, last = partial.shape
+    per_row = partial.reshape(tiles, kv_heads, rows, stacked // rows, last).transpose(0, 2, 1, 3, 4)
+    return per_row.reshape(tiles * rows, kv_heads, stacked // rows, last)
+
+
+def _merge(partials: list, destinations: mx.array, batch: int) -> tuple[mx.array, mx.array]:
+    """Log-sum-exp merge of the partials into their batch rows: unnormalized output and sum."""
+    out, tile_max, total = (mx.concatenate([p[i] for p in partials]) for i in range(3))
+    shape = (batch, *tile_max.shape[1:])
+    row_max = mx.full(shape, -mx.inf).at[destinations].maximum(tile_max)
+    weight = mx.exp(tile_max - row_max[destinations])
+    merged_out = mx.zeros((batch, *out.shape[1:])).at[destinations].add(out * weight)
+    merged_total = mx.zeros(shape).at[destinations].add(total * weight)
+    return merged_out, merged_total
+
+
+def _exp(x: mx.array) -> mx.array:
+    return mx.exp(x) if on_gpu() else fast_exp(x)
+
+
+def fast_exp(x: mx.array) -> mx.array:
+    """exp(x) for float32 x <= 0 (exp(-inf) gives 1.2e-38, not 0), relative error 3e-7.
+
+    The CPU's exp kernel is scalar libm, ~90M/s here, and it dominates attention; this polynomial
+    compiles to vectorized kernels ~5x faster: exp(x) = 2**n * 2**f with n = round(x / ln 2)."""
+    poly, exponent_bits = _exp2_parts(x)
+    return poly * exponent_bits.view(mx.float32)
+
+
+def _exp2_parts_impl(x: mx.array) -> tuple[mx.array, mx.array]:
+    y = mx.maximum(x * (1.0 / _LN2), -126.0)
+    n = (y + _ROUND) - _ROUND
+    f = y - n
+    poly = _EXP2_TAYLOR[-1]
+    for coefficient in reversed(_EXP2_TAYLOR[:-1]):
+        poly = poly * f + coefficient
+    return poly, mx.left_shift(n.astype(mx.int32) + 127, 23)
+
+
+# Shapeless: shapes change every step. The float32 view of the exponent bits stays outside, as
+# MLX cannot infer a view's shape in a shapeless graph.
+_exp2_parts = mx.compile(_exp2_parts_impl, shapeless=True)
