@@ -1,0 +1,59 @@
+"""What every handler needs: the engine loop, the tokenizer, the settings, the metrics."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+from api.errors import APIError
+from api.settings import Settings
+
+if TYPE_CHECKING:
+    from api.metrics import Metrics
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    engine: Any                     # scheduler.engine_loop.EngineLoop
+    tokenizer: Any                  # a transformers PreTrainedTokenizerFast
+    model_name: str                 # the served name, echoed when a request names none
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+    metrics: "Metrics"
+    started_at: float = field(default_factory=time.time)
+    shutting_down: bool = False
+    inflight: set[asyncio.Task] = field(default_factory=set)    # handler tasks, for shutdown
+    # One thread renders chat templates and tokenizes, off the event loop (a long prompt
+    # takes tens of ms); one, because a HF tokenizer object is not safe to share across threads.
+    _cpu: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+    )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    async def run_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    def check_model_name(self, requested: str | None) -> str:
+        """The name to echo back. Any name is served by the loaded model unless --strict-model-name."""
+        if requested is None:
+            return self.model_name
+        if self.settings.strict_model_name and requested != self.model_name:
+            raise APIError(404, f"The model '{requested}' does not exist; this server serves "
+                           f"'{self.model_name}'", param="model", code="model_not_found")
+        return requested
+
+    def close(self) -> None:
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+
+
+CONTEXT = web.AppKey("context", ServerContext)

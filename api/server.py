@@ -1,0 +1,159 @@
+"""`pagedmlx serve`: load the model, start the engine loop, serve until Ctrl-C or SIGTERM."""
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+
+from api.app import create_app
+from api.context import ServerContext
+from api.metrics import Metrics
+from api.settings import Settings
+from engine.blas import active_blas
+from engine.device import device_description
+from engine.kv_pool import KVPool
+from engine.model_loader import LoadedModel, ModelLoadError, load_model
+from engine.runner import ModelRunner, activation_dtype
+from scheduler.config import SchedulerConfig
+from scheduler.engine_loop import EngineLoop
+
+log = logging.getLogger("pagedmlx")
+
+
+class StartupError(Exception):
+    """Printed as one line; the process exits non-zero."""
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        loaded = _load(settings)
+        config = _scheduler_config(settings, loaded)
+        runner = ModelRunner(loaded, config.num_blocks, config.block_size)
+    except StartupError as error:
+        print(f"pagedmlx: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    _print_startup(loaded, config)
+    model_name = settings.served_model_name or loaded.model_id
+    engine = EngineLoop(runner, config, model_name)
+    ctx = ServerContext(
+        settings=settings,
+        engine=engine,
+        tokenizer=loaded.tokenizer,
+        model_name=model_name,
+        max_model_len=config.context_limit,
+        eos_token_ids=loaded.eos_token_ids,
+        metrics=Metrics(model_name, config.context_limit, lambda: engine.stats),
+    )
+    return _run(_serve_until_signal(ctx))
+
+
+def _load(settings: Settings) -> LoadedModel:
+    try:
+        return load_model(settings.model, settings.dtype)
+    except ModelLoadError as error:
+        raise StartupError(f"cannot load model {settings.model or '(default)'}: {error}") from None
+
+
+def _scheduler_config(settings: Settings, loaded: LoadedModel) -> SchedulerConfig:
+    limits = {name: getattr(settings, name)
+              for name in ("max_num_seqs", "max_num_batched_tokens", "max_step_ms")
+              if getattr(settings, name) is not None}
+    try:
+        num_blocks = ModelRunner.blocks_for_budget(loaded, settings.kv_cache_gb,
+                                                   settings.block_size)
+        return SchedulerConfig(
+            num_blocks=num_blocks,
+            block_size=settings.block_size,
+            max_model_len=settings.max_model_len or loaded.max_context,
+            cache_key=f"{loaded.source}:{loaded.dtype}",
+            **limits,
+        )
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+
+
+def _print_startup(loaded: LoadedModel, config: SchedulerConfig) -> None:
+    block_bytes = KVPool.bytes_per_block(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim,
+                                         config.block_size, activation_dtype(loaded))
+    pool_tokens = config.num_blocks * config.block_size
+    lines = [
+        f"pagedmlx {metadata.version('pagedmlx')}",
+        f"  model:    {loaded.model_id} ({loaded.source})",
+        f"  device:   {device_description()}",
+        f"  dtype:    {loaded.dtype}",
+        f"  blas:     {active_blas()}",
+        f"  kv cache: {config.num_blocks} blocks x {config.block_size} tokens = {pool_tokens} "
+        f"tokens, {config.num_blocks * block_bytes / 2**30:.2f} GB",
+        f"  context:  {config.context_limit} tokens, up to {config.max_num_seqs} sequences at once",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover (uvloop has no Windows build)
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+async def _serve_until_signal(ctx: ServerContext) -> int:
+    settings = ctx.settings
+    ctx.engine.start()
+    runner = web.AppRunner(create_app(ctx), handler_cancellation=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as error:
+        print(f"pagedmlx: error: cannot listen on {settings.host}:{settings.port}: "
+              f"{error.strerror}", file=sys.stderr)
+        await _stop(ctx, runner)
+        return 1
+    print(f"  serving:  http://{settings.host}:{settings.port}/v1 "
+          "(health: /health, metrics: /metrics)", flush=True)
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    await stop.wait()
+    ctx.shutting_down = True
+    await _drain(ctx, force)
+    await _stop(ctx, runner)
+    return 0
+
+
+async def _drain(ctx: ServerContext, force: asyncio.Event) -> None:
+    """Lets in-flight requests finish within the grace period (a second signal cuts it short),
+    then cancels the rest, which aborts their requests in the engine."""
+    grace = ctx.settings.shutdown_grace_s
+    log.info("shutting down: %d requests in flight, grace period %g s", len(ctx.inflight), grace)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while ctx.inflight and loop.time() < deadline and not force.is_set():
+        await asyncio.sleep(0.05)
+    remaining = list(ctx.inflight)
+    if remaining:
+        log.info("aborting %d requests still in flight", len(remaining))
+        for task in remaining:
+            task.cancel()
+        await asyncio.wait(remaining, timeout=5.0)
+
+
+async def _stop(ctx: ServerContext, runner: web.AppRunner) -> None:
+    await runner.cleanup()
+    await ctx.engine.stop()
+    ctx.close()
+    log.info("stopped")

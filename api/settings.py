@@ -1,0 +1,180 @@
+"""Server settings: defaults < TOML config file < PAGEDMLX_* environment < command line flags.
+
+`Settings` is the one list of options: the CLI flags, the environment variables, the config
+keys and the README table are all derived from its fields.
+"""
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "PAGEDMLX_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "quantized")
+
+
+class SettingsError(ValueError):
+    """A bad option value; the CLI prints it as one line."""
+
+
+def _option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = _option(
+        None,
+        "model to serve: a GGUF file, an mlx-lm model folder or a Hugging Face repo id "
+        "(default: the bundled SmolLM2-135M-Instruct)",
+    )
+    host: str = _option("127.0.0.1", "address to bind; use 0.0.0.0 to accept remote clients")
+    port: int = _option(8081, "TCP port to listen on")
+    served_model_name: str | None = _option(
+        None, "model name reported by /v1/models (default: the model's own name)"
+    )
+    api_key: str | None = _option(
+        None, "require this key as 'Authorization: Bearer KEY' or 'x-api-key' on /v1/*"
+    )
+    max_num_seqs: int | None = _option(
+        None, "most sequences running at once (default: the scheduler's)"
+    )
+    max_num_batched_tokens: int | None = _option(
+        None, "most tokens (decode rows + prefill chunks) in one step (default: the scheduler's)"
+    )
+    max_step_ms: float | None = _option(
+        None, "target time of one scheduler step; long prompts are cut into chunks to stay under it"
+    )
+    kv_cache_gb: float | None = _option(
+        None, "memory for the paged KV cache in GB (default: sized from free memory)"
+    )
+    block_size: int = _option(16, "tokens per KV cache block")
+    dtype: str | None = _option(
+        None, "weight dtype (default: float32 on CPU, quantized on GPU)", choices=DTYPES
+    )
+    max_model_len: int | None = _option(
+        None, "context length limit, prompt plus output (default: the model's)"
+    )
+    default_max_tokens: int | None = _option(
+        None, "max_tokens of a request that sets none (default: what the context leaves)"
+    )
+    strict_max_tokens: bool = _option(
+        False, "reject a max_tokens beyond what the context leaves instead of clamping it"
+    )
+    strict_model_name: bool = _option(
+        False, "reject a request whose model is not the served model name (404)"
+    )
+    keepalive_s: float = _option(
+        5.0, "seconds of silence after which a stream gets an SSE ': keep-alive' comment"
+    )
+    max_body_mb: float = _option(32.0, "largest request body accepted, in MB (413 beyond)")
+    shutdown_grace_s: float = _option(
+        10.0, "on Ctrl-C or SIGTERM, seconds to let in-flight requests finish before aborting them"
+    )
+    log_level: str = _option("info", "logging level", choices=LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        for name in ("port", "block_size"):
+            _require(getattr(self, name) > 0, name, "must be positive")
+        _require(self.port < 65536, "port", "must be below 65536")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len",
+                     "default_max_tokens", "max_step_ms", "kv_cache_gb"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, name, "must be positive")
+        _require(self.keepalive_s > 0, "keepalive_s", "must be positive")
+        _require(self.max_body_mb > 0, "max_body_mb", "must be positive")
+        _require(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must not be negative")
+        for option in dataclasses.fields(self):
+            choices = option.metadata["choices"]
+            value = getattr(self, option.name)
+            if choices and value is not None and value not in choices:
+                raise SettingsError(
+                    f"{flag_name(option.name)}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _require(ok: bool, name: str, what: str) -> None:
+    if not ok:
+        raise SettingsError(f"{flag_name(name)} {what}")
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def options() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(Settings)
+
+
+def value_type(name: str) -> type:
+    """The scalar type of an option (str, int, float or bool), with the Optional stripped."""
+    hint = typing.get_type_hints(Settings)[name]
+    if isinstance(hint, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def parse_value(name: str, raw: str) -> Any:
+    """Converts a string (environment, command line) to the option's type."""
+    kind = value_type(name)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{flag_name(name)}: expected true or false, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{flag_name(name)}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def load_settings(
+    cli_values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_path: str | None = None,
+) -> Settings:
+    """Merges the sources, lowest precedence first. cli_values holds only the flags given."""
+    names = {option.name for option in options()}
+    merged: dict[str, Any] = {}
+    if config_path:
+        merged.update(_read_config(config_path, names))
+    for name in names:
+        if env_name(name) in environ:
+            merged[name] = parse_value(name, environ[env_name(name)])
+    merged.update(cli_values)
+    return Settings(**merged)
+
+
+def _read_config(path: str, names: set[str]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as error:
+        raise SettingsError(f"--config: cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"--config: {path} is not valid TOML: {error}") from None
+    values = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise SettingsError(f"--config: unknown key {key!r} in {path}")
+        kind = value_type(name)
+        wrong_bool = isinstance(value, bool) and kind is not bool
+        if wrong_bool or not (isinstance(value, kind) or (kind is float and type(value) is int)):
+            raise SettingsError(f"--config: {key} must be a {kind.__name__}, got {value!r}")
+        values[name] = kind(value)
+    return values
