@@ -1,0 +1,224 @@
+"""What the scheduler and engine loop cost, and what the prefix cache and the step budget buy (no HTTP).
+
+- decode: aggregate decode tok/s through EngineLoop at 1, 4, 16, 32 concurrent requests, beside the raw
+  batched forward (runner.step on the same batch, no scheduler) in the same run; target >= 85% at 16.
+- ttft: time to first token of a request whose long prefix is cached vs the same request cold;
+  target <= 10%.
+- itl: inter-token latency p99 of 8 decoding streams while a cold long prompt is prefilled, vs the same
+  streams alone; target p99 <= 2x the target step time.
+
+    python -m benchmarks.scheduler_bench [--quick]     -> benchmarks/results/scheduler_bench.json
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.blas import active_blas, ensure_blas_preloaded
+from engine.sampling_params import SamplingParams
+from engine.step_types import SeqStep
+from scheduler.config import SchedulerConfig
+from scheduler.engine_loop import EngineLoop
+
+if TYPE_CHECKING:  # imported in main(), after OpenBLAS is preloaded
+    from engine.runner import ModelRunner
+
+RESULTS = Path(__file__).parent / "results" / "scheduler_bench.json"
+BLOCK = 16
+PROMPT_LEN = 64
+GREEDY_DECODE = {"temperature": 0.0}
+
+
+def random_prompt(rng: random.Random, length: int, vocab: int) -> list[int]:
+    return [rng.randrange(100, vocab) for _ in range(length)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def blocks_per_sequence(decode_steps: int) -> int:
+    return -(-(PROMPT_LEN + decode_steps + 2) // BLOCK)
+
+
+def raw_decode_tok_s(runner: "ModelRunner", prompts: list[list[int]], steps: int) -> float:
+    """runner.step over the same batch with no scheduler: prefill each prompt, then time `steps` decodes.
+
+    It gets a runner (a KV pool) of its own, so it never overwrites blocks the engine's prefix cache holds.
+    """
+    greedy = SamplingParams(max_tokens=steps + 1, **GREEDY_DECODE)
+    per_seq = blocks_per_sequence(steps)
+    tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(len(prompts))]
+    histories = [list(p) for p in prompts]
+
+    def step(rows: list[int], prefill: bool) -> None:
+        seqs = []
+        for i in rows:
+            history = histories[i]
+            start = 0 if prefill else len(history) - 1
+            seqs.append(SeqStep(i, history[start:], start, tables[i][: -(-len(history) // BLOCK)],
+                                greedy, True, len(prompts[i]), history))
+        for i, output in zip(rows, runner.step(seqs)):
+            histories[i].append(output.token_id)
+
+    for i in range(len(prompts)):
+        step([i], prefill=True)
+    step(list(range(len(prompts))), prefill=False)  # warm-up at this batch size
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(list(range(len(prompts))), prefill=False)
+    elapsed = time.perf_counter() - start
+    for i in range(len(prompts)):
+        runner.release(i)
+    return len(prompts) * steps / elapsed
+
+
+async def scheduler_decode_tok_s(engine: EngineLoop, prompts: list[list[int]], steps: int) -> float:
+    """Tokens per second while every request is decoding (from the last first token to the first finish).
+
+    Prompts are admitted over a few steps (the step budget), so each request runs 3x `steps` tokens to
+    leave a window of about `steps` where all of them decode together.
+    """
+    sampling = SamplingParams(max_tokens=3 * steps, **GREEDY_DECODE)
+    arrivals: list[list[float]] = []
+
+    async def consume(prompt: list[int]) -> None:
+        times = []
+        arrivals.append(times)
+        async for event in engine.submit(prompt, sampling):
+            if event.token_id is not None:
+                times.append(time.perf_counter())
+
+    await asyncio.gather(*(consume(p) for p in prompts))
+    window_start = max(times[0] for times in arrivals)
+    window_end = min(times[-1] for times in arrivals)
+    # Each request gets one token per step, so the mean gap inside the window is the step time.
+    gaps = [b - a for times in arrivals for a, b in zip(times, times[1:])
+            if window_start <= a and b <= window_end]
+    return len(prompts) * len(gaps) / sum(gaps)
+
+
+async def time_to_first_token(engine: EngineLoop, prompt: list[int], cache_salt: str) -> tuple[float, int]:
+    async for event in engine.submit(prompt, SamplingParams(max_tokens=1, **GREEDY_DECODE),
+                                     cache_salt=cache_salt):
+        if event.finish_reason is not None:
+            return event.timings.first_token - event.timings.arrival, event.cached_tokens
+    raise RuntimeError("the stream ended without a final event")
+
+
+async def stream_itls(
+    engine: EngineLoop, prompts: list[list[int]], long_prompt: list[int] | None, max_tokens: int
+) -> dict:
+    """Inter-token gaps of the streams once all of them decode; with long_prompt (submitted then), only
+    the gaps until its first token."""
+    sampling = SamplingParams(max_tokens=max_tokens, **GREEDY_DECODE)
+    gaps: list[float] = []
+    all_decoding, long_done = asyncio.Event(), asyncio.Event()
+    num_started = 0
+
+    async def stream(prompt: list[int]) -> None:
+        nonlocal num_started
+        last = None
+        async with engine.submit(prompt, sampling) as events:
+            async for _ in events:
+                now = time.perf_counter()
+                if long_done.is_set():
+                    return
+                if last is None:
+                    num_started += 1
+                    if num_started == len(prompts):
+                        all_decoding.set()
+                elif all_decoding.is_set():
+                    gaps.append(now - last)
+                last = now
+
+    async def prefill_long() -> float:
+        await all_decoding.wait()
+        elapsed, _ = await time_to_first_token(engine, long_prompt, cache_salt="cold-itl")
+        long_done.set()
+        return elapsed
+
+    tasks = [stream(p) for p in prompts] + ([prefill_long()] if long_prompt else [])
+    results = await asyncio.gather(*tasks)
+    summary = {"p50_ms": percentile(gaps, 50) * 1000, "p99_ms": percentile(gaps, 99) * 1000,
+               "max_ms": max(gaps) * 1000, "gaps": len(gaps)}
+    if long_prompt:
+        summary["long_prompt_ttft_s"] = results[-1]
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and shorter long prompts")
+    args = parser.parse_args()
+    ensure_blas_preloaded()
+
+    from engine.device import device_description
+    from engine.model_loader import load_model
+    from engine.runner import ModelRunner
+
+    decode_steps = 12 if args.quick else 32
+    prefix_len = 500 if args.quick else 2000
+    long_len = 2000 if args.quick else 8000
+    loaded = load_model()
+    vocab = len(loaded.tokenizer)
+    rng = random.Random(0)
+    num_blocks = (long_len + 8192) // BLOCK  # the long prompt, and room for the streams beside it
+    runner = ModelRunner(loaded, num_blocks=num_blocks, block_size=BLOCK)
+    raw_runner = ModelRunner(loaded, num_blocks=32 * blocks_per_sequence(decode_steps), block_size=BLOCK)
+    config = SchedulerConfig(num_blocks=num_blocks, block_size=BLOCK, max_model_len=loaded.max_context,
+                             cache_key=loaded.model_id)
+    result = {"device": device_description(), "blas": active_blas(), "model": loaded.model_id,
+              "quick": args.quick, "max_step_ms": config.max_step_ms}
+
+    async def run_engine_phases() -> None:
+        engine = EngineLoop(runner, config, loaded.model_id)
+        engine.start()
+        try:
+            result["decode"] = []
+            for concurrency in (1, 4, 16, 32):
+                prompts = [random_prompt(rng, PROMPT_LEN, vocab) for _ in range(concurrency)]
+                # Side by side, so both see the same machine. The raw run blocks this thread while the
+                # engine thread is idle (its requests have all finished): the two never run MLX at once.
+                raw = raw_decode_tok_s(raw_runner, prompts, decode_steps)
+                ours = await scheduler_decode_tok_s(engine, prompts, decode_steps)
+                row = {"concurrency": concurrency, "scheduler_tok_s": ours, "raw_tok_s": raw,
+                       "ratio": ours / raw}
+                result["decode"].append(row)
+                print(json.dumps(row), flush=True)
+
+            prefix = random_prompt(rng, prefix_len, vocab)
+            cold, _ = await time_to_first_token(engine, prefix + random_prompt(rng, 16, vocab), "cold")
+            await time_to_first_token(engine, prefix + random_prompt(rng, 16, vocab), "warm")
+            cached, hit = await time_to_first_token(engine, prefix + random_prompt(rng, 16, vocab), "warm")
+            result["ttft"] = {"prefix_tokens": prefix_len, "cold_s": cold, "cached_s": cached,
+                              "cached_tokens": hit, "ratio": cached / cold}
+            print(json.dumps(result["ttft"]), flush=True)
+
+            streams = [random_prompt(rng, PROMPT_LEN, vocab) for _ in range(8)]
+            alone = await stream_itls(engine, streams, None, max_tokens=48 if args.quick else 96)
+            busy = await stream_itls(engine, streams, random_prompt(rng, long_len, vocab), max_tokens=4000)
+            result["itl"] = {"long_prompt_tokens": long_len, "alone": alone, "while_prefilling": busy,
+                             "p99_over_target": busy["p99_ms"] / config.max_step_ms}
+            print(json.dumps(result["itl"]), flush=True)
+        finally:
+            await engine.stop(grace_s=0)
+
+    asyncio.run(run_engine_phases())
+    result["targets"] = {
+        "decode_ratio_at_16": {"value": result["decode"][2]["ratio"], "target": ">= 0.85"},
+        "ttft_cached_over_cold": {"value": result["ttft"]["ratio"], "target": "<= 0.10"},
+        "itl_p99_over_step_target": {"value": result["itl"]["p99_over_target"], "target": "<= 2.0"},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
