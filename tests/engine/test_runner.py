@@ -13,30 +13,17 @@ from engine.model_loader import LoadedModel
 from engine.runner import ModelRunner, split_head
 from engine.sampling_params import SamplingParams
 from engine.step_types import SeqStep
+from tests.prompts import QUESTIONS, chat_ids
 from tests.token_compare import assert_tokens_match, first_divergence
 
 BLOCK_SIZE = 16
 GREEDY_TOP2 = SamplingParams(max_tokens=12, temperature=0.0, logprobs=2)
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Explain photosynthesis in one sentence to a child who is five years old.",
-    "Translate 'good morning' into Spanish.",
-    "What is 12 times 12?",
-    "Name a famous painting by Leonardo da Vinci and say where it hangs today.",
-    "Why is the sky blue?",
-]
+PROMPTS = QUESTIONS[:8]
 
 
 @pytest.fixture(scope="module")
 def runner(loaded_model: LoadedModel) -> ModelRunner:
     return ModelRunner(loaded_model, num_blocks=256, block_size=BLOCK_SIZE)
-
-
-def chat_ids(loaded: LoadedModel, question: str) -> list[int]:
-    messages = [{"role": "user", "content": question}]
-    return loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
 
 
 @dataclass

@@ -14,28 +14,11 @@ from engine.runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from scheduler.config import SchedulerConfig
 from scheduler.engine_loop import EngineLoop, TokenEvent
+from tests.prompts import QUESTIONS, chat_ids
 from tests.token_compare import assert_tokens_match
 
 BLOCK = 16
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0, logprobs=2)
-QUESTIONS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Explain photosynthesis to a five year old.",
-    "Translate 'good morning' into Spanish.",
-    "What is 12 times 12?",
-    "Name a painting by Leonardo da Vinci.",
-    "Why is the sky blue?",
-    "Give me a synonym for happy.",
-    "How many legs does a spider have?",
-    "What is the boiling point of water?",
-    "Suggest a name for a cat.",
-    "What does a bee make?",
-    "Describe a rainbow in five words.",
-    "Who wrote Romeo and Juliet?",
-    "What is the opposite of cold?",
-]
 SYSTEM = (
     "You are a careful assistant for a small library. Answer in one short sentence, use plain words, "
     "never invent book titles, and if you do not know something, say that you do not know it. "
@@ -48,13 +31,6 @@ class Result:
     tokens: list[int]
     top2: list[list[tuple[int, float]]]
     final: TokenEvent
-
-
-def chat_ids(loaded: LoadedModel, question: str, system: str | None = None) -> list[int]:
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": question}
-    ]
-    return loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
 
 
 def make_engine(loaded: LoadedModel, num_blocks: int) -> EngineLoop:
