@@ -18,7 +18,9 @@ from engine.paged_cache import PagedCache, build_layout, make_caches
 _ORIGINAL = base.scaled_dot_product_attention
 
 
-def scaled_dot_product_attention(queries, keys, values, cache=None, scale=1.0, mask=None, **kwargs) -> mx.array:
+def scaled_dot_product_attention(
+    queries, keys, values, cache=None, scale=1.0, mask=None, **kwargs
+) -> mx.array:
     if not isinstance(cache, PagedCache):
         return _ORIGINAL(queries, keys, values, cache=cache, scale=scale, mask=mask, **kwargs)
     if kwargs.get("sinks") is not None:

@@ -1,9 +1,9 @@
 """What one forward call's attention reads from the KV pool, decided once per call for all layers.
 
 Each query row's context is cut into tiles: windows of `width` consecutive pool slots, one width
-for the call, so that one `gather_mm` over a strided window view of the pool reads every tile of
-every row without copying K/V (the window view is a zero-copy `as_strided` of the pool). Keys
-of a window outside its tile, and for prefill chunks the keys after each query's position
+for the call, so that one `gather_mm` reads every tile of every row (on the CPU through a
+zero-copy `as_strided` view of all the pool's windows, so K/V are never copied). Keys of a
+window outside its tile, and for prefill chunks the keys after each query's position
 (causal), are masked by an additive bias. Each tile yields softmax partials (max, sum, output)
 that are merged into their row by log-sum-exp (split-KV, as flash-decoding does).
 
@@ -51,7 +51,7 @@ class TileRead:
 
     width: int
     windows: mx.array  # [N, kv_heads] uint32: the window of head h at slot s is h * (slots - width + 1) + s
-    query_rows: mx.array | None  # [N, kv_heads] uint32 row * kv_heads + h; None if tile n is row n's or Q is 1
+    query_rows: mx.array | None  # [N, kv_heads] uint32 row * kv_heads + h; None: tile n is row n's, or Q is 1
     bias: mx.array | None  # [N, 1, 1, L or 1, width] float32, 0 or MASKED; None when all is visible
 
 
@@ -195,7 +195,7 @@ def _tile_read(
         visible = visible & (key_pos <= query_pos[:, :, None])  # [N, L, width]
     bias = None
     if not visible.all():
-        bias = mx.array(np.where(visible, 0.0, MASKED).astype(np.float32))[:, None, None]
+        bias = mx.array(np.where(visible, np.float32(0), np.float32(MASKED)))[:, None, None]
 
     heads = np.arange(num_kv_heads)
     window_index = mx.array((heads * (num_slots - width + 1) + windows[:, None]).astype(np.uint32))

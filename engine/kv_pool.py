@@ -51,12 +51,16 @@ class KVPool:
         """Store new K/V of shape `[B, kv_heads, L, head_dim]` at `slot_ids` (`[B * L]`, row-major
         over B then L). The pool array is updated in place once evaluated, as long as nothing else
         holds a reference to its previous value (evaluate the pool between forward calls)."""
-        heads, dim = self.num_kv_heads, self.head_dim
-        self.keys[layer][:, slot_ids] = keys.transpose(1, 0, 2, 3).reshape(heads, -1, dim).astype(self.dtype)
-        self.values[layer][:, slot_ids] = values.transpose(1, 0, 2, 3).reshape(heads, -1, dim).astype(self.dtype)
+        self.keys[layer][:, slot_ids] = self._head_major(keys)
+        self.values[layer][:, slot_ids] = self._head_major(values)
+
+    def _head_major(self, x: mx.array) -> mx.array:
+        return x.transpose(1, 0, 2, 3).reshape(self.num_kv_heads, -1, self.head_dim).astype(self.dtype)
 
     @staticmethod
-    def bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: mx.Dtype) -> int:
+    def bytes_per_block(
+        num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: mx.Dtype
+    ) -> int:
         return 2 * num_layers * num_kv_heads * head_dim * block_size * dtype.size
 
 

@@ -33,7 +33,7 @@ class BatchLayout:
     runs: list[list[Segment]]  # per row, runs of consecutive slots covering its context
     tile_width: int | None = None  # forces the tile width (tests, benchmarks)
     cascade_min_saved: int | None = CASCADE_MIN_SAVED
-    plan: AttentionPlan | None = field(default=None, repr=False)  # made by make_caches, once the pool is known
+    plan: AttentionPlan | None = field(default=None, repr=False)  # by make_caches, knowing the pool
 
 
 def build_layout(

@@ -9,7 +9,11 @@ import pytest
 from mlx_lm.models import base, llama
 from mlx_lm.models.cache import make_prompt_cache
 
-from engine.attention_dispatch import check_paged_dispatch, install_paged_attention, scaled_dot_product_attention
+from engine.attention_dispatch import (
+    check_paged_dispatch,
+    install_paged_attention,
+    scaled_dot_product_attention,
+)
 from engine.kv_pool import KVPool
 from engine.paged_cache import build_layout, make_caches
 from tests.engine.tiny_models import tiny_llama, tiny_llama_own_attention, tiny_qwen3

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
+from engine import paged_attention
 from engine.attention_dispatch import install_paged_attention
 from engine.attention_plan import context_runs, count_runs
 from engine.kv_pool import KVPool
-from engine import paged_attention
 from engine.paged_attention import fast_exp
 from engine.paged_cache import build_layout, make_caches
 from tests.engine.tiny_models import VOCAB, tiny_llama, tiny_qwen3
@@ -30,6 +30,14 @@ def tile_source(request, monkeypatch):
     """How tiles are read: strided window views of the pool (CPU), or gathered (the GPU path)."""
     if request.param == "gathers":
         monkeypatch.setattr(paged_attention, "on_gpu", lambda: True)
+    return request.param
+
+
+@pytest.fixture(params=["one piece", "pieces"])
+def pieces(request, monkeypatch):
+    """Prefill scores in one piece, or in pieces of a few query positions."""
+    if request.param == "pieces":
+        monkeypatch.setattr(paged_attention, "PIECE_SCORES", 200)
     return request.param
 
 
@@ -113,7 +121,7 @@ def test_ragged_decode_rows_match_dense(model, tile_source, shuffled, width):
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model, tile_source, width):
+def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model, tile_source, pieces, width):
     rng = random.Random(2)
     tokens = random_tokens(23, rng)
     prefix = 13  # not block-aligned: the chunk starts inside a block
@@ -128,18 +136,24 @@ def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model, tile_sour
     assert_close(logits[0], dense_logits(model, tokens, len(tokens) - prefix))
 
 
-def test_batched_prefill_chunks_match_dense(model):
+def test_batched_prefill_chunks_over_a_shared_prefix_match_dense(model, pieces):
     rng = random.Random(4)
-    sequences = [random_tokens(n, rng) for n in (14, 25)]
-    tables = block_tables([len(s) for s in sequences], shuffled=True, seed=5)
-    pool = new_pool(model)
+    shared = random_tokens(2 * BLOCK, rng)
+    sequences = [shared + random_tokens(n, rng) for n in (7, 17)]
     chunk = 6
+    own_lengths = [len(s) - len(shared) for s in sequences]
+    own_tables = block_tables(own_lengths, shuffled=True, seed=5, taken=(0, 1))
+    tables = [[0, 1] + own for own in own_tables]
+    pool = new_pool(model)
+    prefill(model, pool, tables[0], shared)
     for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-chunk])
+        prefill(model, pool, table, tokens[:-chunk], start=len(shared))
 
     starts = [len(s) - chunk for s in sequences]
-    logits, _ = paged_forward(model, pool, tables, starts, [s[-chunk:] for s in sequences], tile_width=4)
+    chunks = [s[-chunk:] for s in sequences]
+    logits, layout = paged_forward(model, pool, tables, starts, chunks, tile_width=4, cascade_min_saved=1)
 
+    assert len(layout.plan.cascades) == 1
     for row, tokens in enumerate(sequences):
         assert_close(logits[row], dense_logits(model, tokens, chunk))
 
@@ -168,7 +182,8 @@ def test_rows_sharing_a_prefix_read_it_once_and_match_dense(model, tile_source, 
     assert cascade.rows.tolist() == [0, 1, 2, 3]
     for row, tokens in enumerate(sequences):
         assert_close(logits[row, 0], dense_logits(model, tokens, 1)[0])
-    plain, plain_layout = paged_forward(model, pool, tables, starts, last, tile_width=width, cascade_min_saved=None)
+    # By default sharing 24 tokens 4 times saves too little to be worth a cascade.
+    plain, plain_layout = paged_forward(model, pool, tables, starts, last, tile_width=width)
     assert not plain_layout.plan.cascades
     assert_close(logits, plain)
 
@@ -219,6 +234,6 @@ def test_build_layout_slots_and_runs():
     table = [5, 6, 2, 3, 9]
     assert layout.slot_ids.tolist() == [table[p // 4] * 4 + p % 4 for p in positions]
     assert layout.rope_offset == 6
-    assert layout.runs == [context_runs(table, 14, 4)]
     assert [tuple(r) for r in layout.runs[0]] == [(20, 0, 8), (8, 8, 6)]
+    assert [tuple(r) for r in context_runs(table, 9, 4)] == [(20, 0, 8), (8, 8, 1)]
     assert count_runs(table) == 3 and count_runs([]) == 0 and count_runs([4]) == 1
