@@ -148,6 +148,31 @@ def engine_table(engine: dict) -> list[str]:
     return lines
 
 
+def scheduler_table(scheduler: dict) -> list[str]:
+    ttft, itl = scheduler["ttft"], scheduler["itl"]
+    busy = itl["while_prefilling"]
+    lines = [
+        f"Through the scheduler (no HTTP), target step time {scheduler['max_step_ms']:.0f} ms:",
+        "",
+        "| concurrent requests | scheduler tok/s | raw runner.step tok/s | ratio |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {case['concurrency']} | {_fmt(case['scheduler_tok_s'])} | {_fmt(case['raw_tok_s'])} "
+              f"| {_fmt(case['ratio'], 2)} |" for case in scheduler["decode"]]
+    lines += [
+        "",
+        f"- TTFT with a {ttft['prefix_tokens']}-token prefix cached: {ttft['cached_s']:.2f} s vs "
+        f"{ttft['cold_s']:.2f} s cold ({ttft['ratio']:.1%})",
+        f"- inter-token gap of 8 streams, alone: p50 {itl['alone']['p50_ms']:.0f} ms, p99 "
+        f"{itl['alone']['p99_ms']:.0f} ms; while a cold {itl['long_prompt_tokens']}-token prompt is "
+        f"prefilled: p50 {busy['p50_ms']:.0f} ms, p99 {busy['p99_ms']:.0f} ms, max {busy['max_ms']:.0f} ms "
+        f"(p99 = {itl['p99_over_target']:.2f}x the step target, "
+        f"{busy['p99_ms'] / itl['alone']['p99_ms']:.1f}x the gap alone; the long prompt's TTFT "
+        f"{busy['long_prompt_ttft_s']:.0f} s)",
+    ]
+    return lines
+
+
 def write_summary(notes: list[str], quick: bool) -> None:
     serve, engine, scheduler = _load("serve_bench"), _load("engine_bench"), _load("scheduler_bench")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -166,7 +191,7 @@ def write_summary(notes: list[str], quick: bool) -> None:
     if engine:
         lines += ["## Engine: paged runner beside mlx-lm's dense batched forward", ""] + engine_table(engine) + [""]
     if scheduler:
-        lines += ["## Scheduler", "", "```json", json.dumps(scheduler, indent=2)[:4000], "```", ""]
+        lines += ["## Scheduler", ""] + scheduler_table(scheduler) + [""]
     lines += ["## Runs", ""] + [f"- {note}" for note in notes] + [""]
     SUMMARY.write_text("\n".join(lines))
 
