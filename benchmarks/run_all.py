@@ -5,8 +5,8 @@
 
 engine_bench (the raw batched forward beside our paged runner), scheduler_bench and serve_bench (ours
 beside mlx-lm's server) each run as a subprocess with a time limit, in that order so that serve_bench can
-read the raw figure engine_bench wrote in this same run. A benchmark whose module is absent or that fails
-is noted in the summary and the rest still run.
+read the raw figure engine_bench wrote in this same run; prefix_cache_bench (pure Python, seconds) comes
+last. A benchmark whose module is absent or that fails is noted in the summary and the rest still run.
 """
 
 import argparse
@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import plot
+from benchmarks.prefix_cache_bench import format_table as prefix_cache_rows
 from engine.blas import active_blas, ensure_blas_preloaded
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -31,6 +32,7 @@ BENCHMARKS = (
     ("benchmarks.engine_bench", 600, 240),
     ("benchmarks.scheduler_bench", 300, 120),
     ("benchmarks.serve_bench", 600, 420),
+    ("benchmarks.prefix_cache_bench", 180, 60),
 )
 STOP_GRACE_S = 20
 
@@ -173,8 +175,19 @@ def scheduler_table(scheduler: dict) -> list[str]:
     return lines
 
 
+def prefix_cache_table(prefix_cache: dict) -> list[str]:
+    workload = prefix_cache["workload"]
+    return [
+        f"Simulated block manager (no model): {workload['concurrent_sessions']} concurrent agent sessions "
+        f"({workload['total_sessions']} in all) sharing a {workload['shared_prefix_tokens']:,}-token prefix; "
+        "runs = contiguous block runs per running sequence, per step:",
+        "",
+    ] + prefix_cache_rows(prefix_cache["cases"])
+
+
 def write_summary(notes: list[str], quick: bool) -> None:
     serve, engine, scheduler = _load("serve_bench"), _load("engine_bench"), _load("scheduler_bench")
+    prefix_cache = _load("prefix_cache_bench")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# pagedmlx benchmarks ({'quick' if quick else 'full'} run, {when}, {active_blas()})", ""]
     if serve:
@@ -192,6 +205,8 @@ def write_summary(notes: list[str], quick: bool) -> None:
         lines += ["## Engine: paged runner beside mlx-lm's dense batched forward", ""] + engine_table(engine) + [""]
     if scheduler:
         lines += ["## Scheduler", ""] + scheduler_table(scheduler) + [""]
+    if prefix_cache:
+        lines += ["## Prefix cache: hit rate vs runs", ""] + prefix_cache_table(prefix_cache) + [""]
     lines += ["## Runs", ""] + [f"- {note}" for note in notes] + [""]
     SUMMARY.write_text("\n".join(lines))
 
