@@ -95,7 +95,7 @@ class _EngineStatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._engine_stats()
         label = [self._model_name]
-        for name, doc, value in (
+        gauges = (
             ("vllm:num_requests_running", "Requests in model execution batches.", stats.num_running),
             ("vllm:num_requests_waiting", "Requests waiting to be processed.", stats.num_waiting),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
@@ -105,11 +105,8 @@ class _EngineStatsCollector(Collector):
             ("pagedmlx:kv_cache_blocks", "KV-cache blocks in the pool.", stats.num_blocks),
             ("pagedmlx:mean_runs_per_seq", "Mean contiguous block runs per sequence, last step.",
              stats.mean_runs_per_seq),
-        ):
-            gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
-            gauge.add_metric(label, value)
-            yield gauge
-        for name, doc, value in (
+        )
+        counters = (
             ("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.",
              stats.prefix_queries_tokens),
             ("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", stats.prefix_hits_tokens),
@@ -118,10 +115,12 @@ class _EngineStatsCollector(Collector):
              stats.generation_tokens_total),
             ("vllm:num_preemptions", "Cumulative number of preemptions.",
              stats.num_preempted_total),
-        ):
-            counter = CounterMetricFamily(name, doc, labels=["model_name"])
-            counter.add_metric(label, value)
-            yield counter
+        )
+        for family, rows in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
+            for name, doc, value in rows:
+                metric = family(name, doc, labels=["model_name"])
+                metric.add_metric(label, value)
+                yield metric
         success = CounterMetricFamily("vllm:request_success", "Finished requests by finish reason.",
                                       labels=["model_name", "finished_reason"])
         for reason in sorted(set(FINISH_REASONS) | set(stats.finished)):
