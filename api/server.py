@@ -64,6 +64,9 @@ def _load(settings: Settings) -> LoadedModel:
 
 
 def _scheduler_config(settings: Settings, loaded: LoadedModel) -> SchedulerConfig:
+    if settings.max_model_len and settings.max_model_len > loaded.max_context:
+        raise StartupError(f"--max-model-len {settings.max_model_len} is beyond the model's context of "
+                           f"{loaded.max_context} tokens")
     limits = {name: getattr(settings, name)
               for name in ("max_num_seqs", "max_num_batched_tokens", "max_step_ms")
               if getattr(settings, name) is not None}

@@ -79,6 +79,7 @@ def test_sigterm_finishes_streams_refuses_new_requests_and_exits_zero(keyed_serv
 @pytest.mark.parametrize("args, exit_code, message", [
     (["--model", "/nonexistent/model.gguf"], 1, "cannot load model /nonexistent/model.gguf"),
     (["--max-num-seqs", "0"], 2, "--max-num-seqs must be positive"),
+    (["--max-model-len", "100000"], 1, "beyond the model's context of 8192 tokens"),
 ])
 def test_startup_errors_print_one_line_and_exit_nonzero(args, exit_code, message):
     result = subprocess.run([str(PAGEDMLX), "serve", *args], capture_output=True, text=True,
