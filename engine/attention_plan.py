@@ -176,23 +176,19 @@ def _tile_read(
     cost model), and the row of each tile. With causal = (starts, L), query l of row q sees no key
     after position starts[q] + l."""
     width = min(width or _cheapest_width(segments, queries, max_width), num_slots)
-    tiles = [
-        (q, slot + o, position + o, min(width, length - o))
-        for q, row in enumerate(segments)
-        for slot, position, length in row
-        for o in range(0, length, width)
-    ]
-    rows, slots, positions, lengths = np.array(tiles, dtype=np.int64).T
-
+    rows, windows, pieces = _pack(segments, width)
     # A window must end inside the pool: near its end, slide it back and shift the tile in it.
-    windows = np.minimum(slots, num_slots - width)
-    offset = np.arange(width) - (slots - windows)[:, None]  # [N, width]: key index in its tile
-    visible = ((offset >= 0) & (offset < lengths[:, None]))[:, None, :]
+    slid = np.minimum(windows, num_slots - width)
+    key_pos = np.full((len(windows), width), -1, dtype=np.int64)  # -1: no key of the tile's row
+    for tile, slot, position, length in pieces:
+        first = slot - slid[tile]
+        key_pos[tile, first : first + length] = np.arange(position, position + length)
+    windows = slid
+    visible = (key_pos >= 0)[:, None, :]
     if causal is not None:
         starts, q_len = causal
-        key_pos = (positions[:, None] + offset)[:, None, :]
         query_pos = np.asarray(starts)[rows][:, None] + np.arange(q_len)
-        visible = visible & (key_pos <= query_pos[:, :, None])  # [N, L, width]
+        visible = visible & (key_pos[:, None, :] <= query_pos[:, :, None])  # [N, L, width]
     bias = None
     if not visible.all():
         bias = mx.array(np.where(visible, np.float32(0), np.float32(MASKED)))[:, None, None]
@@ -204,13 +200,44 @@ def _tile_read(
     return TileRead(width, window_index, query_rows, bias), rows
 
 
+def _pack(segments: list[list[Segment]], width: int) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """Tiles of each row's segments: windows of `width` slots, each holding every piece of the row's
+    segments that fits from its first slot on, so a row whose blocks are scattered close together
+    (blocks allocated while other sequences grow) gets a few masked windows, not one per run.
+    Returns the row and first slot of each tile, and its pieces (tile, slot, position, length)."""
+    rows, windows, pieces = [], [], []
+    for q, row in enumerate(segments):
+        window = None
+        for slot, position, length in sorted(row):
+            while length:
+                if window is None or slot >= window + width:
+                    window = slot
+                    rows.append(q)
+                    windows.append(slot)
+                take = min(length, window + width - slot)
+                pieces.append((len(windows) - 1, slot, position, take))
+                slot, position, length = slot + take, position + take, length - take
+    return np.array(rows, dtype=np.int64), np.array(windows, dtype=np.int64), pieces
+
+
+def _count_tiles(row: list[Segment], width: int) -> int:
+    """len(_pack([row], width)[1]), without making the pieces."""
+    count, window_end = 0, 0
+    for slot, _, length in sorted(row):
+        skip = min(length, max(window_end - slot, 0))
+        if length > skip:
+            new = -(-(length - skip) // width)
+            count, window_end = count + new, slot + skip + new * width
+    return count
+
+
 def _cheapest_width(segments: list[list[Segment]], queries: int, max_width: int) -> int:
-    lengths = [s.length for row in segments for s in row]
-    longest = min(max(lengths), max_width)
-    candidates = {longest} | {1 << k for k in range(4, longest.bit_length())}
+    spans = [max(s.slot + s.length for s in row) - min(s.slot for s in row) for row in segments if row]
+    widest = min(max(spans), max_width)
+    candidates = {widest} | {1 << k for k in range(4, widest.bit_length())}
 
     def cost(width: int) -> float:
-        tiles = sum(-(-n // width) for n in lengths)
+        tiles = sum(_count_tiles(row, width) for row in segments)
         merge = MERGE_COST if tiles != len(segments) else 0.0
         return tiles * (width + TILE_COLUMNS) * (queries + COLUMN_COST) + merge
 
