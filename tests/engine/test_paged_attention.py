@@ -237,3 +237,22 @@ def test_build_layout_slots_and_runs():
     assert [tuple(r) for r in layout.runs[0]] == [(20, 0, 8), (8, 8, 6)]
     assert [tuple(r) for r in context_runs(table, 9, 4)] == [(20, 0, 8), (8, 8, 1)]
     assert count_runs(table) == 3 and count_runs([]) == 0 and count_runs([4]) == 1
+
+
+def test_interleaved_blocks_share_windows_and_match_dense(model, tile_source):
+    """Two sequences whose blocks alternate (as when one prefills while the other decodes) are read
+    through a few masked windows each, not one tile per block, and still give the dense logits."""
+    rng = random.Random(7)
+    sequences = [random_tokens(n, rng) for n in (30, 27)]
+    tables = [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    pool = new_pool(model)
+    for table, tokens in zip(tables, sequences):
+        prefill(model, pool, table, tokens[:-1])
+
+    starts = [len(s) - 1 for s in sequences]
+    logits, layout = paged_forward(model, pool, tables, starts, [s[-1:] for s in sequences], tile_width=16)
+
+    runs = sum(count_runs(table[: -(-(n + 1) // BLOCK)]) for table, n in zip(tables, starts))
+    assert layout.plan.rows.windows.shape[0] < runs
+    for row, tokens in enumerate(sequences):
+        assert_close(logits[row, 0], dense_logits(model, tokens, 1)[0])
