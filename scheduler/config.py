@@ -12,7 +12,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # decode rows + prefill chunk tokens in one step
     # Target wall time of one step. Prefill chunks shrink as their context grows to stay under it, so
     # running streams get a token at least this often (a step always moves one prefill by a block).
-    max_step_ms: float = 1000.0
+    max_step_ms: float = 750.0
     # A prefill with more uncached tokens than this is "long": shorter or mostly cached prompts go
     # ahead of it, so a cold 20k-token prompt does not hold up a turn that is nearly all cache hits.
     long_prefill_token_threshold: int = 2048
