@@ -209,13 +209,6 @@ class BlockManager:
             else:
                 self._lru.append(block_id)
 
-    def reset_prefix_cache(self) -> int:
-        """Forget the cached KV of every free block (blocks in use keep theirs); returns how many."""
-        num_evicted = len(self._lru)
-        for _ in range(num_evicted):
-            self._release_hashless(self._evict_oldest())
-        return num_evicted
-
     # -- internals ---------------------------------------------------------------------
 
     def _blocks_for(self, num_tokens: int) -> int:

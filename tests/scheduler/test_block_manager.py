@@ -132,16 +132,6 @@ def test_hit_takes_its_block_out_of_the_middle_of_the_free_queue():
     assert hits(bm, prompts[2] + [0]) == 1 and bm.num_free_blocks == 0
 
 
-def test_reset_prefix_cache_forgets_free_blocks_only():
-    bm = BlockManager(8, BS)
-    compute(bm, 1, list(range(9)))
-    compute(bm, 2, list(range(50, 59)))
-    bm.free(1)
-    assert bm.reset_prefix_cache() == 2
-    assert hits(bm, list(range(9))) == 0 and hits(bm, list(range(50, 59))) == 2
-    assert bm.num_free_blocks == 5
-
-
 # -- pending blocks -----------------------------------------------------------------------
 
 
