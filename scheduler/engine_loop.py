@@ -32,7 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TokenEvent:
-    token_id: int | None  # None on a final event without a token (abort, error)
+    """One new token, or (token_id None) the request's admission or its end without a token.
+
+    The admission event comes once, when the request is first scheduled: its prefix-cache hit
+    (cached_tokens) is known from then on, before the prefill runs.
+    """
+
+    token_id: int | None  # None on the admission event and on a final event without a token
     logprob: float | None
     top_logprobs: list[tuple[int, float]] | None
     finish_reason: str | None  # None, "stop", "length", "abort", "error"
@@ -126,6 +132,7 @@ class EngineLoop:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._sinks: dict[int, _Sink] = {}  # seq_id -> where its events go; engine thread only
+        self._admitted: set[int] = set()  # seq_ids whose admission event went out; engine thread only
         self._live: set[str] = set()  # request ids submitted and not yet finished
         self._live_lock = threading.Lock()
         self._accepting = True
@@ -234,6 +241,10 @@ class EngineLoop:
         if not out.seqs:
             self._wake.wait(0.05)  # nothing can run until another request moves; do not spin
             return
+        for request in out.requests:
+            if request.seq_id not in self._admitted:
+                self._admitted.add(request.seq_id)
+                self._emit(request, None)
         started = time.monotonic()
         try:
             outputs = self.runner.step(out.seqs)
@@ -264,6 +275,7 @@ class EngineLoop:
         sink = self._sinks[request.seq_id]
         if finished:
             del self._sinks[request.seq_id]
+            self._admitted.discard(request.seq_id)
             self.runner.release(request.seq_id)
             with self._live_lock:
                 self._live.discard(request.request_id)
