@@ -6,6 +6,11 @@ min_p, top_k and top_p, and draw with a key from their own RNG. All greedy rows 
 all sampling rows one vmapped categorical draw, and one evaluation brings everything to the host
 (top_p adds one small sync of its own: see logits_processors.truncate).
 
+Rows with a constraint (a grammar) get its mask after bias and penalties, before the argmax and
+temperature: one op over the batch, the masks computed on the host while the forward that makes
+the logits is still running; each constraint then accepts its row's token. Without such rows
+nothing of this runs.
+
 Logprobs are those of the model's distribution: log_softmax of the raw logits, before bias,
 penalties, temperature and truncation, as vLLM reports them by default ("raw_logprobs").
 """
@@ -13,7 +18,9 @@ penalties, temperature and truncation, as vLLM reports them by default ("raw_log
 import random
 
 import mlx.core as mx
+import numpy as np
 
+from engine.constraint import apply_token_bitmask
 from engine.logits_processors import apply_logit_bias, apply_penalties, truncate
 from engine.sampling_params import MAX_TOP_LOGPROBS
 from engine.step_types import SeqStep, TokenOutput
@@ -48,6 +55,20 @@ def _logprobs(raw_logits: mx.array, tokens: mx.array, num_top: int) -> tuple[mx.
     )
 
 
+def _apply_constraints(logits: mx.array, seqs: list[SeqStep], constrained: list[int]) -> mx.array:
+    """Mask the rows whose constraint restricts this token. One bitmask covers the whole batch,
+    rows without a mask all ones: adding a penalty to every row is cheaper than a scatter into
+    some (MLX's CPU scatter of 8 rows of 49k costs ~1.2 ms, the whole add ~0.2 ms)."""
+    masks = {i: seqs[i].sampling.constraint.next_token_bitmask() for i in constrained}
+    masks = {i: mask for i, mask in masks.items() if mask is not None}
+    if not masks:
+        return logits
+    bitmask = np.full((len(seqs), len(next(iter(masks.values())))), -1, dtype=np.int32)
+    for i, mask in masks.items():
+        bitmask[i] = mask
+    return apply_token_bitmask(logits, mx.array(bitmask))
+
+
 class Sampler:
     """Samples one token per row. Seeded sequences keep a private RNG (keyed by seq_id, seeded
     from sampling.seed, advanced once per sampled token), so their tokens repeat whatever the
@@ -60,7 +81,10 @@ class Sampler:
     def __call__(self, logits: mx.array, seqs: list[SeqStep]) -> list[TokenOutput]:
         """logits: [len(seqs), vocab] float32, row i belonging to seqs[i]."""
         total = len(seqs)
+        constrained = [i for i, seq in enumerate(seqs) if seq.sampling.constraint is not None]
         processed = apply_penalties(apply_logit_bias(logits, seqs), seqs)
+        if constrained:
+            processed = _apply_constraints(processed, seqs, constrained)
         tokens = mx.argmax(processed, axis=-1)  # lazy: never computed if every row samples
         sampling_rows = [i for i, seq in enumerate(seqs) if not seq.sampling.greedy]
         if sampling_rows:
@@ -82,7 +106,10 @@ class Sampler:
             )
         mx.eval(tokens, *logprob_arrays)
 
-        outputs = [TokenOutput(seq.seq_id, token) for seq, token in zip(seqs, tokens.tolist())]
+        token_ids = tokens.tolist()
+        for i in constrained:
+            seqs[i].sampling.constraint.accept(token_ids[i])
+        outputs = [TokenOutput(seq.seq_id, token) for seq, token in zip(seqs, token_ids)]
         if logprob_rows:
             chosen, top_ids, top_values = (a.tolist() for a in logprob_arrays)
             for j, row in enumerate(logprob_rows):

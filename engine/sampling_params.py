@@ -1,6 +1,10 @@
 """Per-request sampling settings. Pure Python: the scheduler and the API import it without MLX."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.constraint import TokenConstraint
 
 MAX_TOP_LOGPROBS = 20
 
@@ -19,6 +23,9 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    # Mutable per-sequence state (a grammar matcher) the sampler masks with and advances: one
+    # object per sequence, never shared by two (n > 1 choices each need their own).
+    constraint: "TokenConstraint | None" = field(default=None, compare=False, repr=False)
 
     @property
     def greedy(self) -> bool:
