@@ -1,22 +1,32 @@
-"""The aiohttp application: routes and the middlewares for errors, shutdown and auth."""
+"""The aiohttp application: routes and the middlewares for errors, shutdown and auth.
+
+Errors leave in the shape of the route's protocol: /v1/messages* speaks Anthropic's, the rest
+OpenAI's.
+"""
 
 import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from api.chat import chat_completions
-from api.completions import completions
+from api.anthropic import errors as anthropic_errors
+from api.anthropic.count_tokens import count_tokens
+from api.anthropic.messages import messages
 from api.context import CONTEXT, ServerContext
-from api.errors import APIError
+from api.errors import APIError, json_response
 from api.metrics import metrics_endpoint
-from api.models import health, list_models, retrieve_model, version
+from api.models import health, list_models, retrieve_model, root, version
+from api.openai import errors as openai_errors
+from api.openai.chat import chat_completions
+from api.openai.completions import completions
 
 log = logging.getLogger("pagedmlx.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MB = 1024 * 1024
+ANTHROPIC_PREFIX = "/v1/messages"
 
 
 def create_app(ctx: ServerContext) -> web.Application:
@@ -27,28 +37,41 @@ def create_app(ctx: ServerContext) -> web.Application:
     app[CONTEXT] = ctx
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", retrieve_model)
+    app.router.add_get("/", root)  # HEAD / too: Claude Code 2.1.197 checks it first
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
 
 
+def error_response(request: web.Request, error: APIError) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ctx.metrics.count_http_error(error.status)
+    if request.path.startswith(ANTHROPIC_PREFIX):
+        body: dict[str, Any] = anthropic_errors.error_body(error, ctx.claude_token_scale)
+    else:
+        body = openai_errors.error_body(error)
+    return json_response(body, status=error.status, headers=error.headers)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves in the OpenAI shape."""
     try:
         return await handler(request)
     except APIError as error:
-        return error.response()
+        return error_response(request, error)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _from_http_exception(request, error).response()
+        return error_response(request, _from_http_exception(request, error))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return APIError(500, "Internal server error", error_type="server_error").response()
+        return error_response(request, APIError(500, "Internal server error",
+                                                error_type="server_error"))
 
 
 def _from_http_exception(request: web.Request, error: web.HTTPException) -> APIError:
@@ -86,8 +109,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if key and request.path.startswith("/v1/"):
         supplied = _supplied_key(request)
         if supplied is None:
-            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' "
+                           "or 'x-api-key: <key>'", code="invalid_api_key")
         if not hmac.compare_digest(supplied.encode(), key.encode()):
             raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
     return await handler(request)

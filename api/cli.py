@@ -1,9 +1,10 @@
-"""The `pagedmlx` command: `pagedmlx serve [flags]`."""
+"""The `pagedmlx` command: `pagedmlx serve [flags]`, `pagedmlx claude-env`, `pagedmlx claude`."""
 
 import argparse
 import os
 import sys
 
+from api.claude_launcher import CLAUDE_SERVE_ARGS, print_claude_env, run_claude
 from api.settings import (
     Settings,
     SettingsError,
@@ -20,7 +21,7 @@ CONFIG_ENV = env_name("config")
 def build_parser() -> argparse.ArgumentParser:
     serve = argparse.ArgumentParser(
         prog="pagedmlx serve",
-        description="Serve a model over the OpenAI API. Every flag can also be set by its "
+        description="Serve a model over the OpenAI and Anthropic APIs. Every flag can also be set by its "
         "environment variable or in a TOML file given with --config (keys as the flag "
         "names, e.g. max_num_seqs = 32); flags beat the environment, which beats the file.",
     )
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pagedmlx",
         description="A local LLM server on MLX: continuous batching, paged prefix cache, "
-        "OpenAI API, Prometheus metrics.",
+        "OpenAI and Anthropic APIs, tool calling, Prometheus metrics.",
         epilog=serve.format_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,6 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", parents=[serve], add_help=False, help="serve a model (flags below)",
         description=serve.description,
     )
+    commands.add_parser(
+        "claude-env", parents=[serve], add_help=False,
+        help="print the exports that point Claude Code at the server (--host, --port, --api-key)",
+    )
+    claude = commands.add_parser(
+        "claude", parents=[serve], add_help=False,
+        help="run an installed `claude` against the server, starting one with "
+        f"{' '.join(CLAUDE_SERVE_ARGS)} (plus the flags given) when none answers; "
+        "arguments after -- go to claude",
+    )
+    claude.add_argument("claude_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -62,17 +74,26 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "claude_args")}
     return load_settings(values, environ, args.config or environ.get(CONFIG_ENV))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args, dict(os.environ))
     except SettingsError as error:
         print(f"pagedmlx: error: {error}", file=sys.stderr)
         return 2
+    base_url = f"http://{settings.host}:{settings.port}"
+    if args.command == "claude-env":
+        return print_claude_env(base_url, settings.api_key)
+    if args.command == "claude":
+        claude_args = args.claude_args[1:] if args.claude_args[:1] == ["--"] else args.claude_args
+        serve_flags = argv[1:len(argv) - len(args.claude_args)]
+        return run_claude(base_url, settings.api_key, [*CLAUDE_SERVE_ARGS, *serve_flags],
+                          claude_args)
     # Re-execs the process with OpenBLAS preloaded, so it must run before mlx is imported.
     from engine.blas import ensure_blas_preloaded
 

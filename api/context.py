@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from api.metrics import Metrics
 
 T = TypeVar("T")
+CLAUDE_WINDOW = 200_000
 
 
 @dataclass
@@ -27,6 +28,10 @@ class ServerContext:
     max_model_len: int
     eos_token_ids: tuple[int, ...]
     metrics: "Metrics"
+    block_size: int
+    tool_parser_name: str           # the format of tool calls in this model's answers
+    grammar: Any                    # engine.guided.GrammarCompiler, for constrained decoding
+    reasoning_markers: tuple[str, str] | None = None   # ("<think>", "</think>") for such models
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
     inflight: set[asyncio.Task] = field(default_factory=set)    # handler tasks, for shutdown
@@ -35,6 +40,12 @@ class ServerContext:
     _cpu: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     )
+
+    @property
+    def claude_token_scale(self) -> float:
+        """--claude-context-scale: token counts reported to Anthropic clients are scaled so that
+        Claude Code, which assumes a 200k window, compacts before our real limit."""
+        return CLAUDE_WINDOW / self.max_model_len if self.settings.claude_context_scale else 1.0
 
     @property
     def vocab_size(self) -> int:

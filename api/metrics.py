@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -63,6 +64,23 @@ class Metrics:
                                         "Prompt tokens per request.", token_buckets)
         self._generation_tokens = histogram("vllm:request_generation_tokens",
                                             "Generated tokens per request.", token_buckets)
+
+        self._tool_calls = Counter("pagedmlx:tool_calls", "Tool calls parsed from answers.",
+                                   ["model_name"], registry=self.registry).labels(model_name)
+        self._tool_call_failures = Counter(
+            "pagedmlx:tool_call_parse_failures",
+            "Tool calls whose arguments did not parse as a JSON object (returned as text).",
+            ["model_name"], registry=self.registry).labels(model_name)
+        self._http_errors = Counter("pagedmlx:http_errors", "Error responses by HTTP status.",
+                                    ["model_name", "status"], registry=self.registry)
+        self._model_name = model_name
+
+    def count_tool_calls(self, calls: int, broken: int) -> None:
+        self._tool_calls.inc(calls - broken)
+        self._tool_call_failures.inc(broken)
+
+    def count_http_error(self, status: int) -> None:
+        self._http_errors.labels(self._model_name, str(status)).inc()
 
     def observe_inter_token(self, seconds: float) -> None:
         self._inter_token.observe(seconds)

@@ -1,4 +1,4 @@
-"""GET /v1/models, /v1/models/{model}, /health and /version."""
+"""GET (and HEAD) /, GET /v1/models, /v1/models/{model}, /health and /version."""
 
 from importlib import metadata
 
@@ -29,6 +29,15 @@ async def retrieve_model(request: web.Request) -> web.Response:
         raise APIError(404, f"The model '{name}' does not exist; this server serves "
                        f"'{ctx.model_name}'", param="model", code="model_not_found")
     return json_response(_model_card(ctx))
+
+
+async def root(request: web.Request) -> web.Response:
+    """What a client probing the base URL gets (Claude Code 2.1.197 sends HEAD / first)."""
+    ctx = request.app[CONTEXT]
+    return json_response({"name": "pagedmlx", "model": ctx.model_name,
+                          "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/messages",
+                                        "/v1/messages/count_tokens", "/v1/models", "/health",
+                                        "/metrics"]})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -13,9 +13,13 @@ from aiohttp import web
 from api.app import create_app
 from api.context import ServerContext
 from api.metrics import Metrics
+from api.prompt_render import template_supports_tools
+from api.reasoning import reasoning_markers
 from api.settings import Settings
+from api.tool_calls import choose_parser_name
 from engine.blas import active_blas
 from engine.device import device_description
+from engine.guided import GrammarCompiler
 from engine.kv_pool import KVPool
 from engine.model_loader import LoadedModel, ModelLoadError, load_model
 from engine.runner import ModelRunner, activation_dtype
@@ -41,18 +45,25 @@ def serve(settings: Settings) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    _print_startup(loaded, config)
     model_name = settings.served_model_name or loaded.model_id
     engine = EngineLoop(runner, config, model_name)
+    tokenizer = loaded.tokenizer
+    template, vocab = getattr(tokenizer, "chat_template", None), tokenizer.get_vocab()
     ctx = ServerContext(
         settings=settings,
         engine=engine,
-        tokenizer=loaded.tokenizer,
+        tokenizer=tokenizer,
         model_name=model_name,
         max_model_len=config.context_limit,
         eos_token_ids=loaded.eos_token_ids,
         metrics=Metrics(model_name, config.context_limit, lambda: engine.stats),
+        block_size=config.block_size,
+        tool_parser_name=(choose_parser_name(template, vocab)
+                          if settings.tool_call_parser == "auto" else settings.tool_call_parser),
+        grammar=GrammarCompiler(tokenizer, loaded.eos_token_ids),
+        reasoning_markers=reasoning_markers(template, vocab),
     )
+    _print_startup(loaded, config, ctx)
     return _run(_serve_until_signal(ctx))
 
 
@@ -65,8 +76,14 @@ def _load(settings: Settings) -> LoadedModel:
 
 def _scheduler_config(settings: Settings, loaded: LoadedModel) -> SchedulerConfig:
     if settings.max_model_len and settings.max_model_len > loaded.max_context:
-        raise StartupError(f"--max-model-len {settings.max_model_len} is beyond the model's context of "
-                           f"{loaded.max_context} tokens")
+        if not settings.allow_long_context:
+            raise StartupError(
+                f"--max-model-len {settings.max_model_len} is beyond the model's context of "
+                f"{loaded.max_context} tokens (--allow-long-context permits it, at a cost in "
+                "quality)")
+        log.warning("WARNING: --max-model-len %d is beyond the model's trained context of %d "
+                    "tokens (--allow-long-context): positions past it were never trained, so "
+                    "answers there may degrade", settings.max_model_len, loaded.max_context)
     limits = {name: getattr(settings, name)
               for name in ("max_num_seqs", "max_num_batched_tokens", "max_step_ms")
               if getattr(settings, name) is not None}
@@ -84,7 +101,7 @@ def _scheduler_config(settings: Settings, loaded: LoadedModel) -> SchedulerConfi
         raise StartupError(str(error)) from None
 
 
-def _print_startup(loaded: LoadedModel, config: SchedulerConfig) -> None:
+def _print_startup(loaded: LoadedModel, config: SchedulerConfig, ctx: ServerContext) -> None:
     block_bytes = KVPool.bytes_per_block(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim,
                                          config.block_size, activation_dtype(loaded))
     pool_tokens = config.num_blocks * config.block_size
@@ -97,6 +114,9 @@ def _print_startup(loaded: LoadedModel, config: SchedulerConfig) -> None:
         f"  kv cache: {config.num_blocks} blocks x {config.block_size} tokens = {pool_tokens} "
         f"tokens, {config.num_blocks * block_bytes / 2**30:.2f} GB",
         f"  context:  {config.context_limit} tokens, up to {config.max_num_seqs} sequences at once",
+        f"  tools:    {ctx.tool_parser_name} calls, "
+        + ("through the chat template" if template_supports_tools(loaded.tokenizer)
+           else "fallback tool prompt (the chat template has no tool support)"),
     ]
     print("\n".join(lines), flush=True)
 

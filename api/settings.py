@@ -21,6 +21,7 @@ else:  # pragma: no cover
 ENV_PREFIX = "PAGEDMLX_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "quantized")
+TOOL_CALL_PARSERS = ("auto", "hermes", "qwen3_coder", "llama3_json", "mistral", "pythonic")
 
 
 class SettingsError(ValueError):
@@ -64,6 +65,18 @@ class Settings:
     )
     max_model_len: int | None = _option(
         None, "context length limit, prompt plus output (default: the model's)"
+    )
+    allow_long_context: bool = _option(
+        False, "allow a --max-model-len beyond the model's trained context (quality degrades "
+        "past it; a warning is printed), as vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN"
+    )
+    tool_call_parser: str = _option(
+        "auto", "format of tool calls in the model's answers (auto: from the chat template "
+        "and vocabulary; hermes when the template has no tool support)", choices=TOOL_CALL_PARSERS
+    )
+    claude_context_scale: bool = _option(
+        False, "report Anthropic token counts (usage, count_tokens, 'prompt is too long') scaled "
+        "by 200k / max-model-len, so Claude Code compacts before the real limit"
     )
     default_max_tokens: int | None = _option(
         None, "max_tokens of a request that sets none (default: what the context leaves)"

@@ -1,12 +1,20 @@
-"""Server-sent events: `data: {json}` chunks, `data: [DONE]`, and `: keep-alive` comments."""
+"""Server-sent events: the response, `data:` frames (OpenAI), `event:` + `data:` frames
+(Anthropic) and `:` comments (keep-alives)."""
 
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-KEEPALIVE = b": keep-alive\n\n"
-DONE = b"data: [DONE]\n\n"
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
+
+
+def data_frame(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def event_frame(event: str, payload: Any) -> bytes:
+    return b"event: " + event.encode() + b"\n" + data_frame(payload)
 
 
 class EventStream:
@@ -23,12 +31,9 @@ class EventStream:
         """Sends the status and headers at once, so the client knows it was accepted."""
         await self.response.prepare(self._request)
 
-    async def send(self, payload: Any) -> None:
-        await self.response.write(b"data: " + orjson.dumps(payload) + b"\n\n")
-
-    async def keepalive(self) -> None:
-        await self.response.write(KEEPALIVE)
+    async def send(self, frames: list[bytes]) -> None:
+        if frames:
+            await self.response.write(b"".join(frames))
 
     async def close(self) -> None:
-        await self.response.write(DONE)
         await self.response.write_eof()

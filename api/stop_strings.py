@@ -14,14 +14,16 @@ class StopStringMatcher:
         self._stops = tuple(s for s in stop_strings if s)
         self._max_hold = max((len(s) for s in self._stops), default=1) - 1
         self._pending = ""
+        self.matched: str | None = None  # the stop string that was hit
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text to emit, stopped). After a stop, the matcher must not be fed again."""
         if not self._stops:
             return text, False
         buffer = self._pending + text
-        stop_at = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
-        if stop_at >= 0:
+        hits = [(at, stop) for stop in self._stops if (at := buffer.find(stop)) >= 0]
+        if hits:
+            stop_at, self.matched = min(hits, key=lambda hit: hit[0])
             self._pending = ""
             return buffer[:stop_at], True
         hold = self._held_suffix_length(buffer)

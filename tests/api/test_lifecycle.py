@@ -3,6 +3,7 @@
 import subprocess
 import time
 
+import anthropic
 import openai
 import pytest
 from http_client import open_stream, request, sse_lines
@@ -15,7 +16,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory):
     live = start_server(tmp_path_factory.mktemp("keyed"), "--api-key", KEY,
-                        "--strict-model-name", "--strict-max-tokens",
+                        "--strict-model-name", "--strict-max-tokens", "--claude-context-scale",
                         "--served-model-name", "smol", "--shutdown-grace-s", "60")
     yield live
     live.stop()
@@ -57,6 +58,36 @@ def test_sdk_errors_with_a_key(keyed_server: LiveServer):
     assert reply.model == "smol"
 
 
+def test_anthropic_sdk_errors_with_a_key(keyed_server: LiveServer):
+    messages = [{"role": "user", "content": "hi"}]
+    wrong = anthropic.Anthropic(base_url=keyed_server.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        wrong.messages.create(model="smol", max_tokens=2, messages=messages)
+    assert caught.value.body["error"]["type"] == "authentication_error"
+    client = anthropic.Anthropic(base_url=keyed_server.base_url, auth_token=KEY, max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(model="claude-opus-4", max_tokens=2, messages=messages)
+    assert caught.value.body["error"]["type"] == "not_found_error"
+    by_header = anthropic.Anthropic(base_url=keyed_server.base_url, api_key=KEY, max_retries=0)
+    assert by_header.messages.create(model="smol", max_tokens=2, messages=messages).model == "smol"
+
+
+def test_claude_context_scale_reports_scaled_prompt_figures(keyed_server: LiveServer):
+    messages = [{"role": "user", "content": "Say something."}]
+    real = keyed_client(keyed_server, KEY).chat.completions.create(
+        model="smol", messages=messages, max_tokens=1).usage.prompt_tokens
+    client = anthropic.Anthropic(base_url=keyed_server.base_url, api_key=KEY, max_retries=0)
+    scale = 200_000 / 1024
+    assert client.messages.count_tokens(model="smol", messages=messages).input_tokens == round(
+        real * scale)
+    usage = client.messages.create(model="smol", max_tokens=1, messages=messages).usage
+    reported = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+    assert abs(reported - real * scale) <= 3   # each figure is rounded on its own
+    with pytest.raises(anthropic.BadRequestError, match=r"prompt is too long: \d+ tokens > 200000"):
+        client.messages.create(model="smol", max_tokens=1, messages=[
+            {"role": "user", "content": "word " * 1500}])
+
+
 def test_sigterm_finishes_streams_refuses_new_requests_and_exits_zero(keyed_server: LiveServer):
     body = {"messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": 10,
             "ignore_eos": True, "stream": True}
@@ -79,7 +110,7 @@ def test_sigterm_finishes_streams_refuses_new_requests_and_exits_zero(keyed_serv
 @pytest.mark.parametrize("args, exit_code, message", [
     (["--model", "/nonexistent/model.gguf"], 1, "cannot load model /nonexistent/model.gguf"),
     (["--max-num-seqs", "0"], 2, "--max-num-seqs must be positive"),
-    (["--max-model-len", "100000"], 1, "beyond the model's context of 8192 tokens"),
+    (["--max-model-len", "100000"], 1, "beyond the model's context of 8192 tokens (--allow-long-context"),
 ])
 def test_startup_errors_print_one_line_and_exit_nonzero(args, exit_code, message):
     result = subprocess.run([str(PAGEDMLX), "serve", *args], capture_output=True, text=True,
@@ -87,3 +118,13 @@ def test_startup_errors_print_one_line_and_exit_nonzero(args, exit_code, message
     assert result.returncode == exit_code
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_allow_long_context_permits_a_longer_window_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAGEDMLX_ALLOW_LONG_CONTEXT", "1")
+    live = start_server(tmp_path, "--max-model-len", "16384", "--kv-cache-gb", "1")
+    try:
+        assert live.get_json("/v1/models")["data"][0]["max_model_len"] == 16384
+        assert "beyond the model's trained context of 8192 tokens" in live.log()
+    finally:
+        live.stop()

@@ -33,6 +33,16 @@ def test_curl_example_runs(server: LiveServer, block: str):
     assert '"error"' not in result.stdout
 
 
+def test_python_examples_run(server: LiveServer, capsys: pytest.CaptureFixture):
+    """The SDK examples, in order, in one namespace (later ones use the client made earlier)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block.replace(README_URL, server.base_url), "README.md", "exec"), namespace)
+    assert "Paris" in capsys.readouterr().out
+
+
 def test_readme_lists_every_flag_and_its_environment_variable():
     text = README.read_text()
     for option in options():

@@ -56,3 +56,10 @@ def test_any_chunking_matches_cutting_the_whole_text(text: str, stop: str, cuts:
     index = text.find(stop)
     expected = (text[:index], True) if index >= 0 else (text, False)
     assert run([stop], chunks) == expected
+
+
+def test_the_matched_stop_string_is_reported():
+    matcher = StopStringMatcher(["END", "##"])
+    assert matcher.feed("ab#") == ("ab", False) and matcher.matched is None
+    assert matcher.feed("# END") == ("", True)
+    assert matcher.matched == "##"

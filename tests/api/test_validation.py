@@ -1,7 +1,7 @@
 import pytest
 
 from api.errors import APIError
-from api.validation import parse_chat_request, parse_completion_request
+from api.openai.validation import parse_chat_request, parse_completion_request
 
 VOCAB = 1000
 USER = [{"role": "user", "content": "hi"}]
@@ -35,7 +35,7 @@ def chat_error(**body) -> APIError:
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "one of"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
          "messages[0].content[0]", "only text"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+        ({"response_format": {"type": "xml"}}, "response_format", "not supported"),
     ],
 )
 def test_chat_errors_name_the_parameter(body, param, fragment):

@@ -4,9 +4,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from api.errors import bad_request
+from api.generation import GenerationParams
+from api.tool_choice import AUTO, ToolChoice
 from engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 
 MAX_N = 128
@@ -16,25 +17,12 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """What chat and completion requests share. sampling.max_tokens is set once the prompt is known."""
-
-    model: str | None
-    n: int
-    stream: bool
-    include_usage: bool
-    max_tokens: int | None
-    stop: tuple[str, ...]
-    ignore_eos: bool
-    logprobs: int | None
-    sampling: SamplingParams
-
-
-@dataclass(frozen=True)
 class ChatRequest:
     params: GenerationParams
     messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
+    tools: list[dict[str, Any]]
+    tool_choice: ToolChoice
+    response_format: dict[str, Any] | None   # None, {"type": "json_object"} or json_schema's
     chat_template_kwargs: dict[str, Any]
 
 
@@ -43,26 +31,6 @@ class CompletionRequest:
     params: GenerationParams
     prompts: list[str | list[int]]
     echo: bool
-
-
-async def read_json_body(request: web.Request) -> dict[str, Any]:
-    content_type = request.headers.get("Content-Type")
-    if content_type is not None and not _is_json(request.content_type):
-        raise bad_request(
-            f"Content-Type must be application/json, got {content_type!r}", code="invalid_content_type"
-        )
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise bad_request(f"The request body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object", code="invalid_json")
-    return body
-
-
-def _is_json(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json")
 
 
 def parse_chat_request(body: dict[str, Any], vocab_size: int) -> ChatRequest:
@@ -74,13 +42,75 @@ def parse_chat_request(body: dict[str, Any], vocab_size: int) -> ChatRequest:
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", minimum=1)
     kwargs = _get(body, "chat_template_kwargs", dict) or {}
-    tools = _get(body, "tools", list)
+    tools = _tools(_get(body, "tools", list) or [])
     return ChatRequest(
         params=_generation_params(body, vocab_size, max_tokens, logprobs),
         messages=[_message(m, i) for i, m in enumerate(messages)],
-        tools=tools or None,
+        tools=tools,
+        tool_choice=_tool_choice(body, tools),
+        response_format=_response_format(body),
         chat_template_kwargs=kwargs,
     )
+
+
+def _tools(tools: list[Any]) -> list[dict[str, Any]]:
+    names = set()
+    for index, tool in enumerate(tools):
+        param = f"tools[{index}]"
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" \
+                or not isinstance(function, dict):
+            raise bad_request(f"'{param}' must be {{\"type\": \"function\", \"function\": "
+                              "{\"name\": ..., \"parameters\": ...}}", param)
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise bad_request(f"'{param}.function.name' must be a non-empty string",
+                              f"{param}.function.name")
+        if name in names:
+            raise bad_request(f"Tool name {name!r} appears twice in 'tools'", param)
+        names.add(name)
+        parameters = function.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise bad_request(f"'{param}.function.parameters' must be a JSON schema object",
+                              f"{param}.function.parameters")
+    return tools
+
+
+def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> ToolChoice:
+    parallel = _get(body, "parallel_tool_calls", bool)
+    parallel = True if parallel is None else parallel
+    choice = body.get("tool_choice")
+    if choice is None:
+        return ToolChoice(parallel=parallel) if tools else AUTO
+    if choice in ("none", "auto", "required"):
+        if choice == "required" and not tools:
+            raise bad_request("'tool_choice' is 'required' but no 'tools' were given", "tool_choice")
+        return ToolChoice(choice, parallel=parallel)
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(name, str):
+        raise bad_request("'tool_choice' must be 'none', 'auto', 'required' or "
+                          "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
+    if name not in {tool["function"]["name"] for tool in tools}:
+        raise bad_request(f"'tool_choice' names {name!r}, which is not in 'tools'", "tool_choice")
+    return ToolChoice("named", name, parallel=False)
+
+
+def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    response_format = _get(body, "response_format", dict)
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise bad_request("'response_format.json_schema.schema' must be a JSON schema object",
+                              "response_format.json_schema")
+        return {"type": "json_schema", "schema": schema}
+    raise bad_request(f"response_format type {kind!r} is not supported (text, json_object, "
+                      "json_schema)", "response_format")
 
 
 def parse_completion_request(body: dict[str, Any], vocab_size: int) -> CompletionRequest:
@@ -107,7 +137,6 @@ def _generation_params(
         raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
     include_usage = _bool(stream_options or {}, "include_usage", param="stream_options.include_usage")
     _get(body, "user", str)
-    _check_response_format(body)
     top_k = _int(body, "top_k", minimum=-1, default=0)
     sampling = SamplingParams(
         temperature=_float(body, "temperature", 1.0, minimum=0.0),
@@ -145,14 +174,6 @@ def _top_logprobs_for_chat(body: dict[str, Any]) -> int | None:
             raise bad_request("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
         return None
     return top or 0
-
-
-def _check_response_format(body: dict[str, Any]) -> None:
-    response_format = _get(body, "response_format", dict)
-    if response_format is not None and response_format.get("type", "text") != "text":
-        raise bad_request(
-            f"response_format type {response_format.get('type')!r} is not supported", "response_format"
-        )
 
 
 def _message(message: Any, index: int) -> dict[str, Any]:

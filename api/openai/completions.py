@@ -2,17 +2,21 @@
 
 import time
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from api.context import CONTEXT
+from api.deltas import ChoiceDelta
 from api.errors import bad_request
-from api.generation import ChoiceDelta, submit_choices
-from api.logprobs import completion_logprobs
-from api.responding import ChoiceResult, respond
-from api.validation import parse_completion_request, read_json_body
+from api.generation import Usage, submit_choices
+from api.openai.framing import OpenAIStream, openai_usage
+from api.openai.logprobs import completion_logprobs
+from api.json_body import read_json_body
+from api.openai.validation import parse_completion_request
+from api.responding import respond
+from api.results import ChoiceResult
+from api.text_stages import TextStages
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -21,14 +25,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     model = ctx.check_model_name(completion.params.model)
     prompts = await ctx.run_off_loop(tokenize_prompts, ctx.tokenizer, completion.prompts)
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    submission = submit_choices(ctx, request_id, prompts, completion.params, "prompt")
+    stop = completion.params.stop
+    submission = submit_choices(ctx, request_id, prompts, completion.params, "prompt",
+                                lambda: TextStages(stop))
     n = completion.params.n
     echoes = [_prompt_text(ctx.tokenizer, completion.prompts[i // n]) if completion.echo else ""
               for i in range(len(submission.choices))]
     shape = CompletionShape(request_id, model, ctx.tokenizer, echoes,
                             completion.params.include_usage)
-    return await respond(request, ctx, submission, shape, completion.params.stream,
-                         completion.params.include_usage)
+    return await respond(request, ctx, submission, shape, completion.params.stream)
 
 
 def tokenize_prompts(tokenizer: Any, prompts: list[str | list[int]]) -> list[list[int]]:
@@ -45,39 +50,34 @@ def _prompt_text(tokenizer: Any, prompt: str | list[int]) -> str:
     return tokenizer.decode(prompt, clean_up_tokenization_spaces=False)
 
 
-class CompletionShape:
+class CompletionShape(OpenAIStream):
     def __init__(self, request_id: str, model: str, tokenizer: Any, echoes: list[str],
                  include_usage: bool) -> None:
         self._head = {"id": request_id, "object": "text_completion", "created": int(time.time()),
                       "model": model}
+        super().__init__(self._head, include_usage)
         self._tokenizer = tokenizer
         self._echoes = echoes
         self._text_lengths = [len(echo) for echo in echoes]   # for logprobs' text_offset
-        self._usage_field = {"usage": None} if include_usage else {}
 
-    def _chunk(self, choices: list[dict]) -> dict:
-        return {**self._head, "choices": choices, **self._usage_field}
+    def opening(self) -> list[bytes]:
+        return [self._chunk([{"index": index, "text": echo, "logprobs": None,
+                              "finish_reason": None}])
+                for index, echo in enumerate(self._echoes) if echo]
 
-    def opening_chunks(self) -> Iterable[dict]:
-        for index, echo in enumerate(self._echoes):
-            if echo:
-                yield self._chunk([{"index": index, "text": echo, "logprobs": None,
-                                    "finish_reason": None}])
-
-    def chunk(self, delta: ChoiceDelta) -> dict:
+    def frames(self, delta: ChoiceDelta) -> list[bytes]:
+        if not (delta.text or delta.logprobs or delta.finish_reason):
+            return []
         offset = self._text_lengths[delta.index]
         self._text_lengths[delta.index] += len(delta.text)
-        return self._chunk([{
+        return [self._chunk([{
             "index": delta.index,
             "text": delta.text,
             "logprobs": completion_logprobs(self._tokenizer, delta.logprobs, offset),
             "finish_reason": delta.finish_reason,
-        }])
+        }])]
 
-    def usage_chunk(self, usage: dict) -> dict:
-        return {**self._chunk([]), "usage": usage}
-
-    def body(self, results: list[ChoiceResult], usage: dict) -> dict:
+    def body(self, results: list[ChoiceResult], usage: Usage) -> dict:
         return {**self._head, "choices": [
             {
                 "index": index,
@@ -87,4 +87,4 @@ class CompletionShape:
                 "finish_reason": result.finish_reason,
             }
             for index, result in enumerate(results)
-        ], "usage": usage}
+        ], "usage": openai_usage(usage)}

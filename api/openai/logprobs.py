@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from api.generation import TokenLogprob
+from api.deltas import TokenLogprob
 
 
 def token_text(tokenizer: Any, token_id: int) -> str:

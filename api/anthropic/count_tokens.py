@@ -1,0 +1,17 @@
+"""POST /v1/messages/count_tokens: the prompt's size as /v1/messages would render it."""
+
+from aiohttp import web
+
+from api.anthropic.convert import to_conversation
+from api.anthropic.schema import parse_messages_request
+from api.context import CONTEXT
+from api.errors import json_response
+from api.json_body import read_json_body
+from api.prompt_render import render_prompt
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    body = parse_messages_request(await read_json_body(request), for_count_tokens=True)
+    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.tokenizer, to_conversation(body))
+    return json_response({"input_tokens": round(len(prompt_ids) * ctx.claude_token_scale)})

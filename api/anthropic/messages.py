@@ -1,0 +1,59 @@
+"""POST /v1/messages (also ?beta=true): the Anthropic Messages API, as Claude Code uses it."""
+
+import uuid
+
+from aiohttp import web
+
+from api.anthropic.convert import to_conversation
+from api.anthropic.schema import MessagesRequest, parse_messages_request
+from api.anthropic.stream import MessageShape
+from api.context import CONTEXT
+from api.generation import GenerationParams, submit_choices
+from api.json_body import read_json_body
+from api.prompt_render import render_prompt
+from api.responding import respond
+from api.tool_choice import ToolChoice
+from api.tool_use import compile_constraints, request_grammar, stages_factory
+from engine.sampling_params import SamplingParams
+
+TOOL_CHOICE_MODES = {"auto": "auto", "any": "required", "tool": "named", "none": "none"}
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    body = parse_messages_request(await read_json_body(request))
+    model = ctx.check_model_name(body.model)
+    conversation = to_conversation(body)
+    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.tokenizer, conversation)
+    choice = tool_choice(body)
+    # A deferred tool, once loaded through a tool_reference, can be called like the others.
+    all_tools = conversation.tools + list(conversation.deferred_tools.values())
+    constraints = await compile_constraints(ctx, request_grammar(ctx, all_tools, choice), 1)
+    params = generation_params(body)
+    make_stages = stages_factory(ctx, params.stop, all_tools, choice, prompt_ids)
+    message_id = f"msg_{uuid.uuid4().hex}"
+    submission = submit_choices(ctx, message_id, [prompt_ids], params, "messages", make_stages,
+                                constraints)
+    shape = MessageShape(message_id, model, submission, ctx.block_size, ctx.claude_token_scale)
+    return await respond(request, ctx, submission, shape, params.stream)
+
+
+def tool_choice(body: MessagesRequest) -> ToolChoice:
+    choice = body.tool_choice
+    if choice is None:
+        return ToolChoice()
+    mode = TOOL_CHOICE_MODES[choice.type]
+    return ToolChoice(mode, choice.name if mode == "named" else None,
+                      not choice.disable_parallel_tool_use and mode != "named")
+
+
+def generation_params(body: MessagesRequest) -> GenerationParams:
+    sampling = SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+    )
+    return GenerationParams(
+        model=body.model, n=1, stream=bool(body.stream), include_usage=True,
+        max_tokens=body.max_tokens, stop=tuple(s for s in body.stop_sequences if s),
+        ignore_eos=False, logprobs=None, sampling=sampling)
