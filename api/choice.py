@@ -21,7 +21,7 @@ class Choice:
         self.prompt_tokens = len(prompt_ids)
         self.cached_tokens = 0
         self.output_tokens = 0
-        self.admitted = False  # the engine has matched its prefix: cached_tokens is known
+        self.accepted = False  # the engine has taken it in: cached_tokens holds its expected hit
         self.stages = stages
         self._ctx = ctx
         self._prompt_ids = prompt_ids
@@ -39,14 +39,14 @@ class Choice:
             raise bad_request(str(error), code="request_rejected") from None
 
     async def deltas(self) -> AsyncIterator[ChoiceDelta]:
-        """Deltas until this choice finishes (the first, empty, on admission); leaving early
-        aborts the request in the engine."""
+        """Deltas until this choice finishes (the first, empty, once the engine has accepted the
+        request); leaving early aborts the request in the engine."""
         last_token_at = None
         async for event in self._stream:
             delta = ChoiceDelta(self.index)
             self.cached_tokens = event.cached_tokens
-            if not self.admitted:
-                self.admitted = True
+            if not self.accepted:
+                self.accepted = True
                 yield ChoiceDelta(self.index)
             text = ""
             if event.token_id is not None:

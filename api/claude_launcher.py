@@ -33,6 +33,8 @@ def claude_env(base_url: str, api_key: str | None) -> dict[str, str]:
         # A second guard against the per-conversation billing line (the server drops it too).
         "CLAUDE_CODE_ATTRIBUTION_HEADER": "0",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        # A cold 20k-token prompt can take minutes to prefill on a CPU.
+        "API_TIMEOUT_MS": "1800000",
     }
 
 

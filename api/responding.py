@@ -47,6 +47,9 @@ async def respond(request: web.Request, ctx: ServerContext, submission: Submissi
         for choice in submission.choices:
             await choice.close()
         _count_tool_calls(ctx, submission)
+        figures = usage(submission)
+        log.info("%s: %d prompt tokens (%d cached), %d generated", submission.request_id,
+                 figures.prompt_tokens, figures.cached_tokens, figures.completion_tokens)
 
 
 async def _collect(submission: Submission) -> list[ChoiceResult]:

@@ -6,6 +6,7 @@ arguments fit the tool's schema; in auto mode a lazy grammar constrains a call o
 opens one. response_format json_object / json_schema use the same machinery.
 """
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from api.text_stages import TextStages
 from api.tool_calls import PARSERS, make_parser
 from api.tool_choice import ToolChoice
 from api.tool_grammar import json_object_grammar, json_schema_grammar, tool_call_grammar
+
+log = logging.getLogger("pagedmlx.api")
 
 
 def stages_factory(ctx: ServerContext, stop: tuple[str, ...], tools: list[dict[str, Any]],
@@ -59,11 +62,20 @@ def request_grammar(ctx: ServerContext, tools: list[dict[str, Any]], choice: Too
                              parallel=choice.parallel)
 
 
-async def compile_constraints(ctx: ServerContext, grammar: str | None, count: int) -> list | None:
-    """One matcher per choice, compiled off the event loop and off the engine thread."""
+async def compile_constraints(ctx: ServerContext, grammar: str | None, count: int,
+                              demanded: bool) -> list | None:
+    """One matcher per choice, compiled off the event loop and off the engine thread.
+
+    A schema llguidance cannot compile is the client's error when a call (or a format) was
+    demanded (tool_choice required / named, response_format); in auto mode the answer is parsed
+    unconstrained instead, since agents such as Claude Code send whatever schemas their tools have.
+    """
     if grammar is None:
         return None
     try:
         return [await ctx.run_off_loop(ctx.grammar.compile, grammar) for _ in range(count)]
     except ValueError as error:  # engine.guided.GrammarError
+        if not demanded:
+            log.warning("tool calls run unconstrained: their grammar does not compile: %s", error)
+            return None
         raise bad_request(f"Cannot constrain the output to this schema: {error}") from None

@@ -29,7 +29,7 @@ is in flight (the scheduler lets it wait, then hit) instead of computing it twic
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from scheduler.block_hash import BlockHash, extend_block_hashes, extra_keys, hash_block, ROOT_HASH
@@ -114,22 +114,40 @@ class BlockManager:
 
     def match_prefix(self, token_ids: Sequence[int], cache_salt: str | None = None) -> PrefixMatch:
         """The cached blocks that start token_ids. Read-only; valid until the next allocation."""
-        extra = extra_keys(self.cache_key, cache_salt)
-        size = self.block_size
         block_ids: list[int] = []
         hashes: list[BlockHash] = []
-        parent, pending = ROOT_HASH, False
-        # The last token is always left to compute: its logits give the first output token.
+        pending = False
+        for block_hash, tokens in self._prefix_blocks(token_ids, cache_salt):
+            block_id = self._cached.get(block_hash)
+            if block_id is None or self._blocks[block_id].token_ids != tokens:
+                pending = block_hash in self._pending
+                break
+            block_ids.append(block_id)
+            hashes.append(block_hash)
+        return PrefixMatch(block_ids, len(block_ids) * self.block_size, pending, tuple(hashes))
+
+    def num_expected_hit_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+        """Prefix tokens that are cached or being computed by another sequence: what a request
+        arriving now will most likely read from the cache. Read-only."""
+        blocks = 0
+        for block_hash, tokens in self._prefix_blocks(token_ids, cache_salt):
+            block_id = self._cached.get(block_hash)
+            cached = block_id is not None and self._blocks[block_id].token_ids == tokens
+            if not (cached or block_hash in self._pending):
+                break
+            blocks += 1
+        return blocks * self.block_size
+
+    def _prefix_blocks(self, token_ids: Sequence[int],
+                       cache_salt: str | None) -> Iterator[tuple[BlockHash, tuple[int, ...]]]:
+        """(chained hash, tokens) of each full block of token_ids but one token: the last token is
+        always left to compute, since its logits give the first output token."""
+        extra = extra_keys(self.cache_key, cache_salt)
+        size, parent = self.block_size, ROOT_HASH
         for i in range((len(token_ids) - 1) // size):
             tokens = tuple(token_ids[i * size : (i + 1) * size])
             parent = hash_block(parent, tokens, extra)
-            block_id = self._cached.get(parent)
-            if block_id is None or self._blocks[block_id].token_ids != tokens:
-                pending = parent in self._pending
-                break
-            block_ids.append(block_id)
-            hashes.append(parent)
-        return PrefixMatch(block_ids, len(block_ids) * size, pending, tuple(hashes))
+            yield parent, tokens
 
     # -- sequence lifecycle ------------------------------------------------------------
 

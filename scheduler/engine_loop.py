@@ -32,13 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TokenEvent:
-    """One new token, or (token_id None) the request's admission or its end without a token.
+    """One new token, or (token_id None) the request's acceptance or its end without a token.
 
-    The admission event comes once, when the request is first scheduled: its prefix-cache hit
-    (cached_tokens) is known from then on, before the prefill runs.
+    The acceptance event comes once, when the engine thread takes the request in (within a step
+    of submit): its cached_tokens are the prefix tokens then cached or being computed by another
+    request, what it will most likely read from the cache. Later events carry the real hit.
     """
 
-    token_id: int | None  # None on the admission event and on a final event without a token
+    token_id: int | None  # None on the acceptance event and on a final event without a token
     logprob: float | None
     top_logprobs: list[tuple[int, float]] | None
     finish_reason: str | None  # None, "stop", "length", "abort", "error"
@@ -132,7 +133,6 @@ class EngineLoop:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._sinks: dict[int, _Sink] = {}  # seq_id -> where its events go; engine thread only
-        self._admitted: set[int] = set()  # seq_ids whose admission event went out; engine thread only
         self._live: set[str] = set()  # request ids submitted and not yet finished
         self._live_lock = threading.Lock()
         self._accepting = True
@@ -220,6 +220,9 @@ class EngineLoop:
                 _, request, sink = message
                 self._sinks[request.seq_id] = sink
                 self.scheduler.add_request(request)
+                expected = self.scheduler.block_manager.num_expected_hit_tokens(
+                    request.token_ids, request.cache_salt)
+                self._emit(request, None, cached_tokens=expected)
             else:
                 _, request_id, reason = message
                 request = self.scheduler.abort(request_id, reason)
@@ -241,10 +244,6 @@ class EngineLoop:
         if not out.seqs:
             self._wake.wait(0.05)  # nothing can run until another request moves; do not spin
             return
-        for request in out.requests:
-            if request.seq_id not in self._admitted:
-                self._admitted.add(request.seq_id)
-                self._emit(request, None)
         started = time.monotonic()
         try:
             outputs = self.runner.step(out.seqs)
@@ -259,7 +258,8 @@ class EngineLoop:
             self._emit(request, output)
         self._stats = self._snapshot()
 
-    def _emit(self, request: Request, output: TokenOutput | None) -> None:
+    def _emit(self, request: Request, output: TokenOutput | None,
+              cached_tokens: int | None = None) -> None:
         finished = request.is_finished
         event = TokenEvent(
             token_id=output.token_id if output else None,
@@ -267,7 +267,7 @@ class EngineLoop:
             top_logprobs=output.top_logprobs if output else None,
             finish_reason=request.finish_reason.value if finished else None,
             prompt_tokens=request.num_prompt_tokens,
-            cached_tokens=request.num_cached_tokens,
+            cached_tokens=request.num_cached_tokens if cached_tokens is None else cached_tokens,
             output_tokens=request.num_output_tokens,
             error=request.error,
             timings=dataclasses.replace(request.timings) if finished else None,
@@ -275,7 +275,6 @@ class EngineLoop:
         sink = self._sinks[request.seq_id]
         if finished:
             del self._sinks[request.seq_id]
-            self._admitted.discard(request.seq_id)
             self.runner.release(request.seq_id)
             with self._live_lock:
                 self._live.discard(request.request_id)

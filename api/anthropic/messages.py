@@ -28,7 +28,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     choice = tool_choice(body)
     # A deferred tool, once loaded through a tool_reference, can be called like the others.
     all_tools = conversation.tools + list(conversation.deferred_tools.values())
-    constraints = await compile_constraints(ctx, request_grammar(ctx, all_tools, choice), 1)
+    constraints = await compile_constraints(ctx, request_grammar(ctx, all_tools, choice), 1,
+                                            demanded=choice.mode != "auto")
     params = generation_params(body)
     make_stages = stages_factory(ctx, params.stop, all_tools, choice, prompt_ids)
     message_id = f"msg_{uuid.uuid4().hex}"

@@ -1,7 +1,9 @@
 """The Messages API's response shape: SSE events exactly as Anthropic sends them, or one body.
 
-message_start goes out once the engine has admitted the request (its prefix hit is known, the
-prefill has not run); while a long prompt prefills, ping events keep the stream alive.
+message_start goes out once the engine has accepted the request (within a step: the prefix hit
+it expects is known, the prefill has not run, it may still wait its turn); then ping events
+keep the stream alive through a long wait or prefill. Claude Code 2.1.197 abandons a stream
+that sends no event for 300 s (SSE comments do not count), so nothing may wait for admission.
 """
 
 import json

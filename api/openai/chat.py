@@ -30,7 +30,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     prompt_ids = await ctx.run_off_loop(render_prompt, ctx.tokenizer, conversation,
                                         chat.chat_template_kwargs)
     grammar = request_grammar(ctx, chat.tools, chat.tool_choice, chat.response_format)
-    constraints = await compile_constraints(ctx, grammar, params.n)
+    demanded = chat.tool_choice.mode != "auto" or chat.response_format is not None
+    constraints = await compile_constraints(ctx, grammar, params.n, demanded)
     make_stages = stages_factory(ctx, params.stop, chat.tools, chat.tool_choice, prompt_ids)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     submission = submit_choices(ctx, request_id, [prompt_ids], params, "messages", make_stages,

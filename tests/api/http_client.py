@@ -51,6 +51,18 @@ def hang_up(connection: http.client.HTTPConnection) -> None:
     connection.close()
 
 
+def stream_lines(port: int, path: str, body: dict,
+                 headers: dict[str, str] | None = None) -> list[str]:
+    """The whole SSE stream of a 200 text/event-stream response, as its non-empty lines."""
+    connection, response = open_stream(port, path, body, headers)
+    try:
+        assert response.status == 200, response.read()
+        assert response.getheader("Content-Type") == "text/event-stream"
+        return list(sse_lines(response))
+    finally:
+        connection.close()
+
+
 def sse_lines(response: http.client.HTTPResponse):
     """Non-empty SSE lines as they arrive (data lines and comments)."""
     while line := response.readline():

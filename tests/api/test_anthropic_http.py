@@ -3,7 +3,7 @@ sends that the SDK would not, and errors in Anthropic's shape on every path."""
 
 import json
 
-from http_client import open_stream, request, sse_lines
+from http_client import request, stream_lines
 from live_server import LiveServer
 
 MESSAGES = "/v1/messages?beta=true"
@@ -23,13 +23,7 @@ def events_of(lines: list[str]) -> list[tuple[str, dict]]:
 
 
 def stream_events(server: LiveServer, body: dict) -> tuple[list[str], list[tuple[str, dict]]]:
-    connection, response = open_stream(server.port, MESSAGES, {**body, "stream": True})
-    try:
-        assert response.status == 200
-        assert response.getheader("Content-Type") == "text/event-stream"
-        lines = list(sse_lines(response))
-    finally:
-        connection.close()
+    lines = stream_lines(server.port, MESSAGES, {**body, "stream": True})
     return lines, events_of(lines)
 
 

@@ -111,3 +111,15 @@ def test_bad_tools_are_400s_naming_the_parameter(client: openai.OpenAI, kwargs, 
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="m", messages=ASK, max_tokens=4, **kwargs)
     assert caught.value.body["param"] == param
+
+
+def test_a_schema_llguidance_cannot_compile(client: openai.OpenAI):
+    """Auto mode parses such calls unconstrained; a demanded call is a 400 naming the problem."""
+    look_around = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string", "pattern": "(?=a)a"}}}}}]
+    answered = client.chat.completions.create(model="m", messages=ASK, tools=look_around,
+                                              max_tokens=4)
+    assert answered.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    with pytest.raises(openai.BadRequestError, match="Cannot constrain"):
+        client.chat.completions.create(model="m", messages=ASK, tools=look_around,
+                                       tool_choice="required", max_tokens=4)

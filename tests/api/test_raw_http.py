@@ -2,7 +2,7 @@
 
 import json
 
-from http_client import open_stream, request, sse_lines
+from http_client import request, stream_lines
 from live_server import LiveServer
 
 CHAT = "/v1/chat/completions"
@@ -77,13 +77,7 @@ def test_stream_framing_keepalive_comments_and_done(server: LiveServer):
     words = " ".join(f"w{i}" for i in range(250))
     body = {"messages": [{"role": "user", "content": f"Count: {words}"}], "max_tokens": 3,
             "stream": True}
-    connection, response = open_stream(server.port, CHAT, body)
-    try:
-        assert response.status == 200
-        assert response.getheader("Content-Type") == "text/event-stream"
-        lines = list(sse_lines(response))
-    finally:
-        connection.close()
+    lines = stream_lines(server.port, CHAT, body)
     assert lines[-1] == "data: [DONE]"
     first = json.loads(lines[0].removeprefix("data: "))
     assert first["choices"][0]["delta"]["role"] == "assistant"

@@ -151,6 +151,19 @@ def test_a_prompt_being_computed_is_pending_until_published():
     assert len(match.block_ids) == 3 and not match.pending
 
 
+def test_expected_hits_count_cached_and_pending_blocks():
+    bm = BlockManager(16, BS)
+    prompt = list(range(13))
+    bm.acquire(1, bm.match_prefix(prompt))
+    assert bm.ensure_capacity(1, 13, prompt)  # all three full blocks pending
+    assert bm.num_expected_hit_tokens(prompt) == 12
+    bm.publish(1, prompt, 8)  # two cached, the third still pending
+    assert bm.num_expected_hit_tokens(prompt + [99]) == 12
+    assert bm.num_expected_hit_tokens(prompt[:6] + [50] * 8) == 4
+    assert bm.num_expected_hit_tokens([7] * 13) == 0
+    assert bm.match_prefix(prompt + [99]).num_tokens == 8  # what hits today: cached blocks only
+
+
 def test_freeing_the_computing_sequence_ends_its_pending_blocks():
     bm = BlockManager(16, BS)
     prompt = list(range(13))

@@ -54,7 +54,7 @@ def test_streams_carry_each_requests_tokens_and_final_timings():
     engine, prompts, results = asyncio.run(main())
     for tokens, events in zip(prompts, results):
         assert tokens_of(events) == reference_tokens(tokens, 6)
-        assert [e.finish_reason for e in events] == [None] * 6 + ["length"]  # admission + 5 tokens
+        assert [e.finish_reason for e in events] == [None] * 6 + ["length"]  # acceptance + 5 tokens
         final = events[-1]
         assert (final.prompt_tokens, final.output_tokens) == (len(tokens), 6)
         t = final.timings
@@ -128,8 +128,8 @@ def test_stop_drains_within_grace_then_aborts_the_rest_and_joins():
         engine.start()
         short = asyncio.create_task(collect(engine.submit(prompt(20, 1), greedy(3))))
         endless = engine.submit(prompt(20, 2), greedy(2000))
-        admission = await endless.__anext__()
-        assert admission.token_id is None and admission.finish_reason is None
+        acceptance = await endless.__anext__()
+        assert acceptance.token_id is None and acceptance.finish_reason is None
         first = await endless.__anext__()
         assert first.token_id is not None
         await engine.stop(grace_s=1.0)
@@ -195,7 +195,7 @@ def test_a_follow_up_request_reports_its_prefix_hit():
     assert engine.stats.prefix_hits_tokens == 64
     assert engine.stats.prefix_queries_tokens == 69 + 73
     assert engine.stats.prompt_tokens_total == 69 + 73
-    # The admission event says the hit before any token: the Anthropic message_start needs it.
+    # The acceptance event says the hit before any token: the Anthropic message_start needs it.
     assert second[0].token_id is None and second[0].finish_reason is None
     assert second[0].cached_tokens == 64 and second[0].prompt_tokens == 73
     assert sum(event.token_id is None for event in second) == 1
