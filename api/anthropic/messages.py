@@ -35,7 +35,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     message_id = f"msg_{uuid.uuid4().hex}"
     submission = submit_choices(ctx, message_id, [prompt_ids], params, "messages", make_stages,
                                 constraints)
-    shape = MessageShape(message_id, model, submission, ctx.block_size, ctx.claude_token_scale)
+    thinking = (body.thinking or {}).get("type") in ("enabled", "adaptive")
+    shape = MessageShape(message_id, model, submission, ctx.block_size, ctx.claude_token_scale,
+                         thinking)
     return await respond(request, ctx, submission, shape, params.stream)
 
 

@@ -2,8 +2,11 @@
 
 message_start goes out once the engine has accepted the request (within a step: the prefix hit
 it expects is known, the prefill has not run, it may still wait its turn); then ping events
-keep the stream alive through a long wait or prefill. Claude Code 2.1.197 abandons a stream
-that sends no event for 300 s (SSE comments do not count), so nothing may wait for admission.
+keep the stream alive through a long wait or prefill. The anthropic SDKs drop ping events, and
+Claude Code 2.1.197 abandons (and retries) a stream that yields no event for 300 s, which a cold
+20k-token prompt on a CPU exceeds; so when the request asked for thinking, each keep-alive
+before the answer also sends an empty thinking delta, in a thinking block opened for it (where
+a reasoning model's own thinking then goes).
 """
 
 import json
@@ -20,6 +23,7 @@ from api.sse import KEEPALIVE_COMMENT, event_frame
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "abort": "end_turn"}
 PING = event_frame("ping", {"type": "ping"})
+THINKING_BLOCK = {"type": "thinking", "thinking": "", "signature": ""}
 
 
 def stop_reason(finish_reason: str | None, stop_sequence: str | None) -> str:
@@ -28,7 +32,7 @@ def stop_reason(finish_reason: str | None, stop_sequence: str | None) -> str:
 
 class MessageShape:
     def __init__(self, message_id: str, model: str, submission: Submission, block_size: int,
-                 token_scale: float) -> None:
+                 token_scale: float, thinking: bool = False) -> None:
         self._message_id = message_id
         self._model = model
         self._submission = submission
@@ -38,6 +42,7 @@ class MessageShape:
         self._block_index = -1
         self._block_type: str | None = None   # the open content block's type
         self._finish: ChoiceDelta | None = None
+        self._thinking_keepalive = thinking   # until the first content block opens
 
     def _usage(self, figures: Usage, output: bool = True) -> dict:
         return anthropic_usage(figures, self._block_size, self._token_scale, output)
@@ -71,7 +76,7 @@ class MessageShape:
             return self._open("text", {"type": "text", "text": ""}) + [
                 self._delta({"type": "text_delta", "text": part.text})]
         if isinstance(part, ReasoningPart) and part.text:
-            return self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}) + [
+            return self._open("thinking", THINKING_BLOCK) + [
                 self._delta({"type": "thinking_delta", "thinking": part.text})]
         if isinstance(part, ToolCallStart):
             return self._open("tool_use", {"type": "tool_use", "id": f"toolu_{part.call_id}",
@@ -82,6 +87,7 @@ class MessageShape:
 
     def _open(self, block_type: str, block: dict, new: bool = False) -> list[bytes]:
         """Opens a content block unless one of this type is open (a tool call always opens one)."""
+        self._thinking_keepalive = False
         if self._block_type == block_type and not new:
             return []
         frames = self._close_block()
@@ -101,8 +107,14 @@ class MessageShape:
         return [event_frame("content_block_stop",
                             {"type": "content_block_stop", "index": self._block_index})]
 
-    def keepalive(self) -> bytes:
-        return PING if self._started else KEEPALIVE_COMMENT
+    def keepalive(self) -> list[bytes]:
+        if not self._started:
+            return [KEEPALIVE_COMMENT]
+        if not self._thinking_keepalive:
+            return [PING]
+        frames = self._open("thinking", THINKING_BLOCK)
+        self._thinking_keepalive = True
+        return [PING, *frames, self._delta({"type": "thinking_delta", "thinking": ""})]
 
     def closing(self, figures: Usage) -> list[bytes]:
         finish = self._finish or ChoiceDelta(0, finish_reason="stop")

@@ -29,8 +29,8 @@ class OpenAIStream:
     def _chunk(self, choices: list[dict]) -> bytes:
         return data_frame({**self._chunk_head, "choices": choices, **self._usage_field})
 
-    def keepalive(self) -> bytes:
-        return KEEPALIVE_COMMENT
+    def keepalive(self) -> list[bytes]:
+        return [KEEPALIVE_COMMENT]
 
     def closing(self, usage: Usage) -> list[bytes]:
         if not self._include_usage:

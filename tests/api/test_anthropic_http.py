@@ -59,6 +59,24 @@ def test_message_start_first_then_pings_while_a_long_prompt_prefills(server: Liv
         assert final_usage[figure] == start["usage"][figure]
 
 
+def test_with_thinking_asked_the_keepalives_are_events_the_sdk_yields(server: LiveServer):
+    """The SDKs drop pings; Claude Code gives up on a stream that yields nothing for 300 s. With
+    thinking requested, a prefill's keep-alives also send empty thinking deltas."""
+    words = " ".join(f"t{i}" for i in range(250))
+    _, events = stream_events(server, {**HELLO, "thinking": {"type": "enabled", "budget_tokens": 1024},
+                                       "messages": [{"role": "user", "content": f"Count: {words}"}]})
+    names = [name for name, _ in events]
+    first_start = names.index("content_block_start")
+    assert events[first_start][1]["content_block"]["type"] == "thinking"
+    thinking = [data["delta"] for name, data in events
+                if name == "content_block_delta" and data["index"] == 0]
+    assert thinking and all(delta == {"type": "thinking_delta", "thinking": ""} for delta in thinking)
+    assert names.index("content_block_stop") < len(names) - 2
+    text_blocks = [data for name, data in events if name == "content_block_start"
+                   and data["content_block"]["type"] == "text"]
+    assert [block["index"] for block in text_blocks] == [1]
+
+
 def test_block_indexes_open_and_close_in_order(server: LiveServer):
     _, events = stream_events(server, HELLO)
     open_index = None
