@@ -7,6 +7,16 @@ import orjson
 from aiohttp import web
 
 
+# The error types OpenAI and Anthropic both name the same way; each protocol adds its own.
+SHARED_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+}
+
+
 class APIError(Exception):
     def __init__(
         self,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api.tool_calls import PARSERS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -21,7 +23,7 @@ else:  # pragma: no cover
 ENV_PREFIX = "PAGEDMLX_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "quantized")
-TOOL_CALL_PARSERS = ("auto", "hermes", "qwen3_coder", "llama3_json", "mistral", "pythonic")
+TOOL_CALL_PARSERS = ("auto", *PARSERS)
 
 
 class SettingsError(ValueError):

@@ -3,15 +3,11 @@ Anthropic's types per status; a prompt over the context in the wording Claude Co
 
 from typing import Any
 
-from api.errors import APIError
+from api.errors import SHARED_ERROR_TYPES, APIError
 from api.generation import ContextLengthError
 
 _TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
+    **SHARED_ERROR_TYPES,
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",

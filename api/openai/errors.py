@@ -2,14 +2,10 @@
 
 from typing import Any
 
-from api.errors import APIError
+from api.errors import SHARED_ERROR_TYPES, APIError
 
 _TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
+    **SHARED_ERROR_TYPES,
     413: "invalid_request_error",
     503: "service_unavailable_error",
 }
