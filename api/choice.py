@@ -22,6 +22,7 @@ class Choice:
         self.cached_tokens = 0
         self.output_tokens = 0
         self.accepted = False  # the engine has taken it in: cached_tokens holds its expected hit
+        self.ttft_s: float | None = None  # arrival to first token, once finished
         self.stages = stages
         self._ctx = ctx
         self._prompt_ids = prompt_ids
@@ -92,4 +93,7 @@ class Choice:
             raise APIError(500, f"The engine failed on this request: {event.error}",
                            error_type="server_error")
         self.output_tokens = event.output_tokens
+        timings = event.timings
+        if timings is not None and timings.first_token is not None:
+            self.ttft_s = timings.first_token - timings.arrival
         self._ctx.metrics.observe_finished(event.timings, event.prompt_tokens, event.output_tokens)

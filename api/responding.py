@@ -48,8 +48,10 @@ async def respond(request: web.Request, ctx: ServerContext, submission: Submissi
             await choice.close()
         _count_tool_calls(ctx, submission)
         figures = usage(submission)
-        log.info("%s: %d prompt tokens (%d cached), %d generated", submission.request_id,
-                 figures.prompt_tokens, figures.cached_tokens, figures.completion_tokens)
+        ttft = submission.choices[0].ttft_s
+        log.info("%s: %d prompt tokens (%d cached), %d generated, first token after %s",
+                 submission.request_id, figures.prompt_tokens, figures.cached_tokens,
+                 figures.completion_tokens, "-" if ttft is None else f"{ttft:.2f} s")
 
 
 async def _collect(submission: Submission) -> list[ChoiceResult]:
