@@ -16,7 +16,7 @@ from api.tool_choice import ToolChoice
 from api.tool_use import compile_constraints, request_grammar, stages_factory
 from engine.sampling_params import SamplingParams
 
-TOOL_CHOICE_MODES = {"auto": "auto", "any": "required", "tool": "named", "none": "none"}
+ANTHROPIC_TOOL_CHOICE = {"auto": "auto", "any": "required", "tool": "named", "none": "none"}
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -45,7 +45,7 @@ def tool_choice(body: MessagesRequest) -> ToolChoice:
     choice = body.tool_choice
     if choice is None:
         return ToolChoice()
-    mode = TOOL_CHOICE_MODES[choice.type]
+    mode = ANTHROPIC_TOOL_CHOICE[choice.type]
     return ToolChoice(mode, choice.name if mode == "named" else None,
                       not choice.disable_parallel_tool_use and mode != "named")
 
