@@ -18,7 +18,6 @@ class Choice:
                  sampling: SamplingParams, stages: TextStages) -> None:
         self.index = index
         self.request_id = request_id
-        self.prompt_tokens = len(prompt_ids)
         self.cached_tokens = 0
         self.output_tokens = 0
         self.accepted = False  # the engine has taken it in: cached_tokens holds its expected hit

@@ -41,8 +41,8 @@ def stages_factory(ctx: ServerContext, stop: tuple[str, ...], tools: list[dict[s
     return make
 
 
-def request_grammar(ctx: ServerContext, tools: list[dict[str, Any]], choice: ToolChoice,
-                    response_format: dict[str, Any] | None = None) -> str | None:
+def _request_grammar(ctx: ServerContext, tools: list[dict[str, Any]], choice: ToolChoice,
+                     response_format: dict[str, Any] | None) -> str | None:
     """The grammar for this request's answers, or None when they run free."""
     if response_format is not None:
         if response_format["type"] == "json_object":
@@ -62,16 +62,20 @@ def request_grammar(ctx: ServerContext, tools: list[dict[str, Any]], choice: Too
                              parallel=choice.parallel)
 
 
-async def compile_constraints(ctx: ServerContext, grammar: str | None, count: int,
-                              demanded: bool) -> list | None:
-    """One matcher per choice, compiled off the event loop and off the engine thread.
+async def request_constraints(ctx: ServerContext, tools: list[dict[str, Any]], choice: ToolChoice,
+                              count: int, response_format: dict[str, Any] | None = None
+                              ) -> list | None:
+    """One matcher per choice (None when the answers run free), compiled off the event loop and
+    off the engine thread.
 
     A schema llguidance cannot compile is the client's error when a call (or a format) was
     demanded (tool_choice required / named, response_format); in auto mode the answer is parsed
     unconstrained instead, since agents such as Claude Code send whatever schemas their tools have.
     """
+    grammar = _request_grammar(ctx, tools, choice, response_format)
     if grammar is None:
         return None
+    demanded = choice.mode != "auto" or response_format is not None
     try:
         return [await ctx.run_off_loop(ctx.grammar.compile, grammar) for _ in range(count)]
     except ValueError as error:  # engine.guided.GrammarError

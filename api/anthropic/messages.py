@@ -13,7 +13,7 @@ from api.json_body import read_json_body
 from api.prompt_render import render_prompt
 from api.responding import respond
 from api.tool_choice import ToolChoice
-from api.tool_use import compile_constraints, request_grammar, stages_factory
+from api.tool_use import request_constraints, stages_factory
 from engine.sampling_params import SamplingParams
 
 ANTHROPIC_TOOL_CHOICE = {"auto": "auto", "any": "required", "tool": "named", "none": "none"}
@@ -28,8 +28,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     choice = tool_choice(body)
     # A deferred tool, once loaded through a tool_reference, can be called like the others.
     all_tools = conversation.tools + list(conversation.deferred_tools.values())
-    constraints = await compile_constraints(ctx, request_grammar(ctx, all_tools, choice), 1,
-                                            demanded=choice.mode != "auto")
+    constraints = await request_constraints(ctx, all_tools, choice, 1)
     params = generation_params(body)
     make_stages = stages_factory(ctx, params.stop, all_tools, choice, prompt_ids)
     message_id = f"msg_{uuid.uuid4().hex}"

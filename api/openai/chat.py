@@ -18,7 +18,7 @@ from api.openai.validation import parse_chat_request
 from api.prompt_render import render_prompt
 from api.responding import respond
 from api.results import ChoiceResult
-from api.tool_use import compile_constraints, request_grammar, stages_factory
+from api.tool_use import request_constraints, stages_factory
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -29,9 +29,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     conversation = Conversation(messages=chat.messages, tools=chat.tools, deferred_tools={})
     prompt_ids = await ctx.run_off_loop(render_prompt, ctx.tokenizer, conversation,
                                         chat.chat_template_kwargs)
-    grammar = request_grammar(ctx, chat.tools, chat.tool_choice, chat.response_format)
-    demanded = chat.tool_choice.mode != "auto" or chat.response_format is not None
-    constraints = await compile_constraints(ctx, grammar, params.n, demanded)
+    constraints = await request_constraints(ctx, chat.tools, chat.tool_choice, params.n,
+                                            chat.response_format)
     make_stages = stages_factory(ctx, params.stop, chat.tools, chat.tool_choice, prompt_ids)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     submission = submit_choices(ctx, request_id, [prompt_ids], params, "messages", make_stages,
