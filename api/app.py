@@ -22,6 +22,7 @@ from api.models import health, list_models, retrieve_model, root, version
 from api.openai import errors as openai_errors
 from api.openai.chat import chat_completions
 from api.openai.completions import completions
+from api.sessions import supplied_api_key
 
 log = logging.getLogger("pagedmlx.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,18 +108,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """With --api-key, /v1/* needs it as a bearer token or in x-api-key; the rest stays open."""
     key = request.app[CONTEXT].settings.api_key
     if key and request.path.startswith("/v1/"):
-        supplied = _supplied_key(request)
+        supplied = supplied_api_key(request)
         if supplied is None:
             raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' "
                            "or 'x-api-key: <key>'", code="invalid_api_key")
         if not hmac.compare_digest(supplied.encode(), key.encode()):
             raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
     return await handler(request)
-
-
-def _supplied_key(request: web.Request) -> str | None:
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key")

@@ -10,12 +10,12 @@ from api.detokenizer import IncrementalDetokenizer
 from api.errors import APIError, bad_request
 from api.text_stages import TextStages
 from engine.sampling_params import SamplingParams
-from scheduler.engine_loop import RequestRejected, RequestStream, TokenEvent
+from scheduler.engine_loop import EngineUnavailable, RequestRejected, RequestStream, TokenEvent
 
 
 class Choice:
     def __init__(self, ctx: ServerContext, index: int, request_id: str, prompt_ids: list[int],
-                 sampling: SamplingParams, stages: TextStages) -> None:
+                 sampling: SamplingParams, stages: TextStages, session: str = "") -> None:
         self.index = index
         self.request_id = request_id
         self.cached_tokens = 0
@@ -26,17 +26,22 @@ class Choice:
         self._ctx = ctx
         self._prompt_ids = prompt_ids
         self._sampling = sampling
+        self._session = session
         self._stop_token_ids = set(sampling.stop_token_ids)
         self._detokenizer = IncrementalDetokenizer(ctx.tokenizer, prompt_ids)
         self._stream: RequestStream | None = None
 
     def submit(self) -> None:
-        """Raises APIError(400) when the engine can never fit the request."""
+        """Raises APIError: 400 when the engine can never fit the request, 503 when it takes none."""
         try:
             self._stream = self._ctx.engine.submit(
-                self._prompt_ids, self._sampling, request_id=self.request_id)
+                self._prompt_ids, self._sampling, request_id=self.request_id,
+                session=self._session, on_finish=self._observe_finish)
         except RequestRejected as error:
             raise bad_request(str(error), code="request_rejected") from None
+        except EngineUnavailable as error:
+            raise APIError(503, f"The server cannot take requests: {error}",
+                           error_type="server_error", code="engine_unavailable") from None
 
     async def deltas(self) -> AsyncIterator[ChoiceDelta]:
         """Deltas until this choice finishes (the first, empty, once the engine has accepted the
@@ -89,10 +94,14 @@ class Choice:
 
     def _finish(self, event: TokenEvent) -> None:
         if event.finish_reason == "error":
-            raise APIError(500, f"The engine failed on this request: {event.error}",
+            status = 500 if self._ctx.engine.health() is None else 503
+            raise APIError(status, f"The engine failed on this request: {event.error}",
                            error_type="server_error")
         self.output_tokens = event.output_tokens
         timings = event.timings
         if timings is not None and timings.first_token is not None:
             self.ttft_s = timings.first_token - timings.arrival
+
+    def _observe_finish(self, event: TokenEvent) -> None:
+        """Every finish, a stop string's too (its final event comes after the stream was left)."""
         self._ctx.metrics.observe_finished(event.timings, event.prompt_tokens, event.output_tokens)

@@ -77,10 +77,10 @@ class Usage:
 
 def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]],
                    params: GenerationParams, prompt_param: str,
-                   make_stages: Callable[[], TextStages],
+                   make_stages: Callable[[], TextStages], session: str,
                    constraints: Sequence[object] | None = None) -> Submission:
-    """n choices per prompt (index = prompt * n + i), submitted to the engine. constraints: one
-    per choice (compiled grammars), or None."""
+    """n choices per prompt (index = prompt * n + i), submitted to the engine. session: the
+    client (api.sessions); constraints: one per choice (compiled grammars), or None."""
     headers: dict[str, str] = {}
     stop_ids = () if params.ignore_eos else ctx.eos_token_ids
     choices = []
@@ -97,7 +97,8 @@ def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]]
             constraint = constraints[len(choices)] if constraints else None
             choices.append(Choice(
                 ctx, len(choices), f"{request_id}-{len(choices)}", prompt_ids,
-                dataclasses.replace(sampling, seed=seed, constraint=constraint), make_stages()))
+                dataclasses.replace(sampling, seed=seed, constraint=constraint), make_stages(),
+                session))
     submitted = []
     try:
         for choice in choices:

@@ -45,6 +45,10 @@ async def health(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     if ctx.shutting_down:
         return json_response({"status": "shutting_down", "model_loaded": True}, status=503)
+    problem = ctx.engine.health()
+    if problem is not None:
+        return json_response({"status": "unhealthy", "model_loaded": True, "reason": problem},
+                             status=503)
     stats = ctx.engine.stats
     return json_response({
         "status": "ok",

@@ -1,6 +1,7 @@
 """`pagedmlx serve`: load the model, start the engine loop, serve until Ctrl-C or SIGTERM."""
 
 import asyncio
+import copy
 import logging
 import signal
 import sys
@@ -25,6 +26,7 @@ from engine.model_loader import LoadedModel, ModelLoadError, load_model
 from engine.runner import ModelRunner, activation_dtype
 from scheduler.config import SchedulerConfig
 from scheduler.engine_loop import EngineLoop
+from scheduler.faults import FaultPlan
 
 log = logging.getLogger("pagedmlx")
 
@@ -40,19 +42,22 @@ def serve(settings: Settings) -> int:
         loaded = _load(settings)
         config = _scheduler_config(settings, loaded)
         runner = ModelRunner(loaded, config.num_blocks, config.block_size)
-    except StartupError as error:
+        fault = FaultPlan.from_env()
+    except (StartupError, ValueError) as error:
         print(f"pagedmlx: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     model_name = settings.served_model_name or loaded.model_id
-    engine = EngineLoop(runner, config, model_name)
+    engine = EngineLoop(runner, config, model_name, fault=fault)
     tokenizer = loaded.tokenizer
+    encode_tokenizer = copy.deepcopy(tokenizer)  # the tokenize thread's own (see ServerContext)
     template, vocab = getattr(tokenizer, "chat_template", None), tokenizer.get_vocab()
     ctx = ServerContext(
         settings=settings,
         engine=engine,
         tokenizer=tokenizer,
+        encode_tokenizer=encode_tokenizer,
         model_name=model_name,
         max_model_len=config.context_limit,
         eos_token_ids=loaded.eos_token_ids,
@@ -60,7 +65,7 @@ def serve(settings: Settings) -> int:
         block_size=config.block_size,
         tool_parser_name=(choose_parser_name(template, vocab)
                           if settings.tool_call_parser == "auto" else settings.tool_call_parser),
-        grammar=GrammarCompiler(tokenizer, loaded.eos_token_ids),
+        grammar=GrammarCompiler(encode_tokenizer, loaded.eos_token_ids),
         reasoning_markers=reasoning_markers(template, vocab),
     )
     _print_startup(loaded, config, ctx)

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scheduler.block_hash import BlockHashChain
 from scheduler.block_manager import BlockManager
 
 RESULT_PATH = Path(__file__).parent / "results" / "prefix_cache_bench.json"
@@ -76,7 +77,7 @@ class OldestFirstManager(RunAwareManager):
         if block.block_hash is not None:
             self.evictions += 1
             del self._cached[block.block_hash]
-            block.block_hash, block.token_ids = None, ()
+            block.block_hash = None
         return block.block_id
 
     def _release_hashless(self, block_id: int) -> None:
@@ -92,6 +93,7 @@ class Turn:
     session: "Session"
     token_ids: list[int]  # prompt, then outputs
     num_outputs: int
+    chain: BlockHashChain  # over token_ids' full blocks
     num_prompt_tokens: int = field(init=False)
     num_computed: int = 0
     admitted: bool = False  # hits are counted on first admission only
@@ -99,6 +101,11 @@ class Turn:
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
+        self.chain.extend(self.token_ids)
+
+    def append(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+        self.chain.extend(self.token_ids)
 
     @property
     def prefilling(self) -> bool:
@@ -150,7 +157,8 @@ class Simulation:
     def _send_turn(self, session: Session) -> None:
         prompt = session.history + self._tokens(self.rng.randint(*self.workload.user_tokens))
         num_outputs = self.rng.randint(*self.workload.output_tokens)
-        self.waiting.append(Turn(self.next_seq_id, session, prompt, num_outputs))
+        chain = BlockHashChain(self.manager.block_size, b"")
+        self.waiting.append(Turn(self.next_seq_id, session, prompt, num_outputs, chain))
         self.next_seq_id += 1
 
     def _decode(self, step: int) -> None:
@@ -161,11 +169,11 @@ class Simulation:
                 self._preempt(turn)
                 continue
             turn.num_computed += 1
-            self.manager.publish(turn.seq_id, turn.token_ids, turn.num_computed)
+            self.manager.publish(turn.seq_id, turn.chain.hashes, turn.num_computed)
             if len(turn.token_ids) - turn.num_prompt_tokens == turn.num_outputs:
                 self._finish(turn, step)
             else:
-                turn.token_ids.append(self.rng.randrange(VOCAB_SIZE))
+                turn.append(self.rng.randrange(VOCAB_SIZE))
 
     def _prefill(self) -> None:
         budget = self.workload.prefill_tokens_per_step
@@ -177,7 +185,7 @@ class Simulation:
                 if not self._reserve(turn, turn.num_computed + length):
                     continue
             else:
-                match = self.manager.match_prefix(turn.token_ids)
+                match = self.manager.match_prefix(turn.chain.hashes, len(turn.token_ids))
                 if match.pending:
                     continue  # another turn is computing its next block: wait, then hit
                 length = self._chunk(match.num_tokens, budget, turn)
@@ -185,7 +193,7 @@ class Simulation:
                 if not self.manager.can_allocate(self.manager.num_blocks_to_admit(match, end)):
                     return
                 self.manager.acquire(turn.seq_id, match)
-                self.manager.ensure_capacity(turn.seq_id, end, turn.token_ids)
+                self.manager.ensure_capacity(turn.seq_id, end, turn.chain.hashes)
                 self.waiting.remove(turn)
                 self.running.append(turn)
                 self.running.sort(key=lambda t: t.seq_id)
@@ -196,9 +204,9 @@ class Simulation:
                     self.hit_tokens += match.num_tokens
             budget -= length
             turn.num_computed += length
-            self.manager.publish(turn.seq_id, turn.token_ids, turn.num_computed)
+            self.manager.publish(turn.seq_id, turn.chain.hashes, turn.num_computed)
             if not turn.prefilling:  # the prompt's last token gave the first output token
-                turn.token_ids.append(self.rng.randrange(VOCAB_SIZE))
+                turn.append(self.rng.randrange(VOCAB_SIZE))
 
     def _chunk(self, start: int, budget: int, turn: Turn) -> int:
         """As scheduler._chunk_length: a cut prompt chunk ends on a block boundary."""
@@ -211,7 +219,7 @@ class Simulation:
     def _reserve(self, turn: Turn, num_tokens: int) -> bool:
         """Blocks for num_tokens, preempting newer running turns, as scheduler._reserve does."""
         grows = self.manager.num_blocks_needed(turn.seq_id, num_tokens) > 0
-        while not self.manager.ensure_capacity(turn.seq_id, num_tokens, turn.token_ids):
+        while not self.manager.ensure_capacity(turn.seq_id, num_tokens, turn.chain.hashes):
             newer = [t for t in self.running if t.seq_id > turn.seq_id]
             if not newer:
                 return False

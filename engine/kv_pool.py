@@ -36,11 +36,20 @@ class KVPool:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.dtype = dtype
-        shape = (num_kv_heads, self.num_slots, head_dim)
+        self._allocate()
+
+    def reset(self) -> None:
+        """Free the arrays and allocate them anew (after failed steps, an out-of-memory among them)."""
+        self.keys, self.values = [], []
+        mx.clear_cache()
+        self._allocate()
+
+    def _allocate(self) -> None:
+        shape = (self.num_kv_heads, self.num_slots, self.head_dim)
         # Zeros, not uninitialized memory: attention windows may span slots never written, and
         # their (masked) values must stay finite.
-        self.keys = [mx.zeros(shape, dtype) for _ in range(num_layers)]
-        self.values = [mx.zeros(shape, dtype) for _ in range(num_layers)]
+        self.keys = [mx.zeros(shape, self.dtype) for _ in range(self.num_layers)]
+        self.values = [mx.zeros(shape, self.dtype) for _ in range(self.num_layers)]
         mx.eval(self.keys, self.values)
 
     @property

@@ -1,11 +1,9 @@
-"""Logits processors for a batch of sequences: logit bias, penalties, and min-p/top-k/top-p truncation.
+"""Logits processors for a batch of sequences: logit bias and min-p/top-k/top-p truncation
+(the penalties, which keep per-sequence state, are in engine/penalties.py).
 
-Bias and penalties touch only the (row, token) pairs they concern, as scatters whose index lists
-are built from each row's params and history: a row with default params costs nothing, and no
-[rows, vocab] count matrix is ever built.
+Bias touches only the (row, token) pairs it concerns, as a scatter whose index lists are built
+from each row's params: a row with default params costs nothing.
 """
-
-from collections import Counter
 
 import mlx.core as mx
 
@@ -43,45 +41,6 @@ def apply_logit_bias(logits: mx.array, seqs: list[SeqStep]) -> mx.array:
         return logits
     rows, tokens, values = _scatter_indices(per_row)
     return logits.at[rows, tokens].add(mx.array(values, dtype=logits.dtype))
-
-
-def _apply_repetition_penalty(logits: mx.array, seqs: list[SeqStep]) -> mx.array:
-    """HF/vLLM: every token seen in prompt or output has a positive logit divided by the penalty,
-    a negative one multiplied by it."""
-    per_row = []
-    for row, seq in enumerate(seqs):
-        penalty = seq.sampling.repetition_penalty
-        if penalty != 1.0 and seq.history:
-            seen = list(set(seq.history))
-            per_row.append((row, seen, [penalty] * len(seen)))
-    if not per_row:
-        return logits
-    rows, tokens, penalties = _scatter_indices(per_row)
-    penalty = mx.array(penalties, dtype=logits.dtype)
-    divisor = mx.where(logits[rows, tokens] > 0, penalty, 1.0 / penalty)
-    return logits.at[rows, tokens].divide(divisor)
-
-
-def _apply_presence_frequency(logits: mx.array, seqs: list[SeqStep]) -> mx.array:
-    """OpenAI: subtract presence_penalty once and frequency_penalty per occurrence, counting
-    generated tokens only (history[prompt_len:])."""
-    per_row = []
-    for row, seq in enumerate(seqs):
-        presence, frequency = seq.sampling.presence_penalty, seq.sampling.frequency_penalty
-        if presence == 0.0 and frequency == 0.0:
-            continue
-        counts = Counter(seq.history[seq.prompt_len :])
-        if counts:
-            per_row.append((row, list(counts), [-(presence + frequency * c) for c in counts.values()]))
-    if not per_row:
-        return logits
-    rows, tokens, deltas = _scatter_indices(per_row)
-    return logits.at[rows, tokens].add(mx.array(deltas, dtype=logits.dtype))
-
-
-def apply_penalties(logits: mx.array, seqs: list[SeqStep]) -> mx.array:
-    """Repetition penalty first, then presence and frequency, as vLLM orders them."""
-    return _apply_presence_frequency(_apply_repetition_penalty(logits, seqs), seqs)
 
 
 def _truncation_floors(

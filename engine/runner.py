@@ -113,6 +113,10 @@ class ModelRunner:
     def release(self, seq_id: int) -> None:
         self.sampler.release(seq_id)
 
+    def reset_pool(self) -> None:
+        """Every block's KV is lost: the scheduler must recompute all of them."""
+        self.pool.reset()
+
     def _forward(self, rows: list[SeqStep]) -> mx.array:
         """Hidden states `[len(rows), L, dim]` (logits for a model without a split head).
 

@@ -21,7 +21,8 @@ import mlx.core as mx
 import numpy as np
 
 from engine.constraint import apply_token_bitmask
-from engine.logits_processors import apply_logit_bias, apply_penalties, truncate
+from engine.logits_processors import apply_logit_bias, truncate
+from engine.penalties import Penalties
 from engine.sampling_params import MAX_TOP_LOGPROBS
 from engine.step_types import SeqStep, TokenOutput
 
@@ -72,17 +73,19 @@ def _apply_constraints(logits: mx.array, seqs: list[SeqStep], constrained: list[
 class Sampler:
     """Samples one token per row. Seeded sequences keep a private RNG (keyed by seq_id, seeded
     from sampling.seed, advanced once per sampled token), so their tokens repeat whatever the
-    batch around them; unseeded ones share a process RNG."""
+    batch around them; unseeded ones share a process RNG. Penalised sequences keep their token
+    counts, also by seq_id, until release."""
 
     def __init__(self) -> None:
         self._process_rng = random.Random()
         self._seq_rngs: dict[int, random.Random] = {}
+        self._penalties = Penalties()
 
     def __call__(self, logits: mx.array, seqs: list[SeqStep]) -> list[TokenOutput]:
         """logits: [len(seqs), vocab] float32, row i belonging to seqs[i]."""
         total = len(seqs)
         constrained = [i for i, seq in enumerate(seqs) if seq.sampling.constraint is not None]
-        processed = apply_penalties(apply_logit_bias(logits, seqs), seqs)
+        processed = self._penalties(apply_logit_bias(logits, seqs), seqs)
         if constrained:
             processed = _apply_constraints(processed, seqs, constrained)
         tokens = mx.argmax(processed, axis=-1)  # lazy: never computed if every row samples
@@ -120,8 +123,9 @@ class Sampler:
         return outputs
 
     def release(self, seq_id: int) -> None:
-        """Forget a finished sequence's RNG."""
+        """Forget a finished sequence's RNG and penalty counts."""
         self._seq_rngs.pop(seq_id, None)
+        self._penalties.release(seq_id)
 
     def _draw(self, logits: mx.array, seqs: list[SeqStep]) -> mx.array:
         temperatures = mx.array([seq.sampling.temperature for seq in seqs])[:, None]

@@ -11,6 +11,7 @@ processes and restarts, unlike Python's salted hash():
 import hashlib
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 BlockHash = bytes
 
@@ -36,3 +37,18 @@ def extend_block_hashes(
     for i in range(len(hashes), num_blocks):
         parent = hash_block(parent, token_ids[i * block_size : (i + 1) * block_size], extra)
         hashes.append(parent)
+
+
+@dataclass
+class BlockHashChain:
+    """A growing sequence's chain, kept on its request so that no step hashes a prompt twice."""
+
+    block_size: int
+    extra: bytes
+    hashes: list[BlockHash] = field(default_factory=list)
+
+    def extend(self, token_ids: Sequence[int]) -> None:
+        """Cover every full block of token_ids (a prefix of them is already covered)."""
+        num_full = len(token_ids) // self.block_size
+        if num_full > len(self.hashes):
+            extend_block_hashes(self.hashes, token_ids, self.block_size, self.extra, num_full)

@@ -26,13 +26,17 @@ so a later very large prompt may take a few runs instead of one.
 Pending blocks: ensure_capacity() announces the hashes of the known full blocks a sequence
 is about to compute, so match_prefix() can tell a request that the next block of its prompt
 is in flight (the scheduler lets it wait, then hit) instead of computing it twice.
+
+The manager never sees tokens: each request keeps the chained hashes of its full blocks
+(block_hash.BlockHashChain, extended as tokens are appended) and passes them in, so no step
+hashes a prompt again. A hit is trusted to its sha256 chain, as vLLM trusts it.
 """
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scheduler.block_hash import BlockHash, extend_block_hashes, extra_keys, hash_block, ROOT_HASH
+from scheduler.block_hash import BlockHash
 from scheduler.free_queue import FreeBlockQueue
 
 _FREE_RUN = re.compile(rb"\x01+")
@@ -51,22 +55,20 @@ class _Block:
     block_id: int
     ref_count: int = 0
     block_hash: BlockHash | None = None  # set while the block is in the prefix cache
-    token_ids: tuple[int, ...] = ()  # its tokens, compared on every hit
 
 
 @dataclass(slots=True)
 class _SeqBlocks:
     table: list[int] = field(default_factory=list)
-    hashes: list[BlockHash] = field(default_factory=list)  # chain over the known full blocks
+    hashes: Sequence[BlockHash] = ()  # the request's chain over its known full blocks
     num_published: int = 0  # leading blocks settled: prefix hits, or computed and published
     num_announced: int = 0  # leading blocks whose hashes were offered as pending (>= num_published)
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, cache_key: str = "") -> None:
+    def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.cache_key = cache_key
         self._blocks = [_Block(i) for i in range(num_blocks)]
         self._cached: dict[BlockHash, int] = {}  # hash -> block holding that computed KV
         self._pending: dict[BlockHash, int] = {}  # hash -> sequence that will compute it
@@ -112,42 +114,34 @@ class BlockManager:
         table = self.block_table(seq_id)
         return sum(1 for i, block_id in enumerate(table) if i == 0 or block_id != table[i - 1] + 1)
 
-    def match_prefix(self, token_ids: Sequence[int], cache_salt: str | None = None) -> PrefixMatch:
-        """The cached blocks that start token_ids. Read-only; valid until the next allocation."""
+    def match_prefix(self, hashes: Sequence[BlockHash], num_tokens: int) -> PrefixMatch:
+        """The cached blocks that start a sequence of num_tokens tokens whose full blocks have the
+        chained `hashes`. Read-only; valid until the next allocation."""
         block_ids: list[int] = []
-        hashes: list[BlockHash] = []
         pending = False
-        for block_hash, tokens in self._prefix_blocks(token_ids, cache_salt):
+        for block_hash in self._prefix_hashes(hashes, num_tokens):
             block_id = self._cached.get(block_hash)
-            if block_id is None or self._blocks[block_id].token_ids != tokens:
+            if block_id is None:
                 pending = block_hash in self._pending
                 break
             block_ids.append(block_id)
-            hashes.append(block_hash)
-        return PrefixMatch(block_ids, len(block_ids) * self.block_size, pending, tuple(hashes))
+        num_hits = len(block_ids)
+        return PrefixMatch(block_ids, num_hits * self.block_size, pending, tuple(hashes[:num_hits]))
 
-    def num_expected_hit_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+    def num_expected_hit_tokens(self, hashes: Sequence[BlockHash], num_tokens: int) -> int:
         """Prefix tokens that are cached or being computed by another sequence: what a request
         arriving now will most likely read from the cache. Read-only."""
         blocks = 0
-        for block_hash, tokens in self._prefix_blocks(token_ids, cache_salt):
-            block_id = self._cached.get(block_hash)
-            cached = block_id is not None and self._blocks[block_id].token_ids == tokens
-            if not (cached or block_hash in self._pending):
+        for block_hash in self._prefix_hashes(hashes, num_tokens):
+            if block_hash not in self._cached and block_hash not in self._pending:
                 break
             blocks += 1
         return blocks * self.block_size
 
-    def _prefix_blocks(self, token_ids: Sequence[int],
-                       cache_salt: str | None) -> Iterator[tuple[BlockHash, tuple[int, ...]]]:
-        """(chained hash, tokens) of each full block of token_ids but one token: the last token is
-        always left to compute, since its logits give the first output token."""
-        extra = extra_keys(self.cache_key, cache_salt)
-        size, parent = self.block_size, ROOT_HASH
-        for i in range((len(token_ids) - 1) // size):
-            tokens = tuple(token_ids[i * size : (i + 1) * size])
-            parent = hash_block(parent, tokens, extra)
-            yield parent, tokens
+    def _prefix_hashes(self, hashes: Sequence[BlockHash], num_tokens: int) -> Sequence[BlockHash]:
+        """The hashes of the full blocks that can hit: all but the one holding the last token,
+        which is always left to compute, since its logits give the first output token."""
+        return hashes[: (num_tokens - 1) // self.block_size]
 
     # -- sequence lifecycle ------------------------------------------------------------
 
@@ -164,13 +158,11 @@ class BlockManager:
                 self._lru.remove(block_id)
             block.ref_count += 1
         hits = len(match.block_ids)
-        self._seqs[seq_id] = _SeqBlocks(list(match.block_ids), list(match.block_hashes), hits, hits)
+        self._seqs[seq_id] = _SeqBlocks(list(match.block_ids), match.block_hashes, hits, hits)
 
-    def ensure_capacity(
-        self, seq_id: int, num_tokens: int, token_ids: Sequence[int], cache_salt: str | None = None
-    ) -> bool:
+    def ensure_capacity(self, seq_id: int, num_tokens: int, hashes: Sequence[BlockHash]) -> bool:
         """Grow the table to cover num_tokens slots, all or nothing; announce the known full
-        blocks of token_ids that this sequence will compute as pending."""
+        blocks (`hashes`, the sequence's chain) that this sequence will compute as pending."""
         needed = self.num_blocks_needed(seq_id, num_tokens)
         if needed > self.num_free_blocks:
             return False
@@ -180,30 +172,26 @@ class BlockManager:
             for block_id in new_blocks:
                 self._blocks[block_id].ref_count = 1
             seq.table.extend(new_blocks)
-        self._announce(seq_id, seq, token_ids, cache_salt)
+        self._announce(seq_id, seq, hashes)
         return True
 
-    def publish(
-        self, seq_id: int, token_ids: Sequence[int], num_computed: int, cache_salt: str | None = None
-    ) -> None:
+    def publish(self, seq_id: int, hashes: Sequence[BlockHash], num_computed: int) -> None:
         """Blocks fully inside [0, num_computed) become cached; their pending entries end."""
         seq = self._seqs[seq_id]
-        size = self.block_size
-        num_full = min(num_computed, len(token_ids)) // size
+        seq.hashes = hashes
+        num_full = min(num_computed // self.block_size, len(hashes))
         if num_full <= seq.num_published:
             return
         if num_full > len(seq.table):
             raise ValueError(f"sequence {seq_id} has no blocks for {num_computed} computed tokens")
-        extend_block_hashes(seq.hashes, token_ids, size, extra_keys(self.cache_key, cache_salt), num_full)
         for i in range(seq.num_published, num_full):
-            block_hash = seq.hashes[i]
+            block_hash = hashes[i]
             if self._pending.get(block_hash) == seq_id:
                 del self._pending[block_hash]
             # A block some other sequence computed too stays out of the cache (one copy is enough).
             if block_hash not in self._cached:
                 block = self._blocks[seq.table[i]]
                 block.block_hash = block_hash
-                block.token_ids = tuple(token_ids[i * size : (i + 1) * size])
                 self._cached[block_hash] = block.block_id
         seq.num_published = num_full
         seq.num_announced = max(seq.num_announced, num_full)
@@ -227,20 +215,23 @@ class BlockManager:
             else:
                 self._lru.append(block_id)
 
+    def clear(self) -> None:
+        """Forget every cached block (after the KV pool was rebuilt); no sequence may hold blocks."""
+        if self._seqs:
+            raise ValueError(f"{len(self._seqs)} sequences still hold blocks")
+        self.__init__(self.num_blocks, self.block_size)
+
     # -- internals ---------------------------------------------------------------------
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def _announce(
-        self, seq_id: int, seq: _SeqBlocks, token_ids: Sequence[int], cache_salt: str | None
-    ) -> None:
-        num_full = len(token_ids) // self.block_size
+    def _announce(self, seq_id: int, seq: _SeqBlocks, hashes: Sequence[BlockHash]) -> None:
+        seq.hashes = hashes
+        num_full = len(hashes)
         if num_full <= seq.num_announced:
             return
-        extra = extra_keys(self.cache_key, cache_salt)
-        extend_block_hashes(seq.hashes, token_ids, self.block_size, extra, num_full)
-        for block_hash in seq.hashes[seq.num_announced : num_full]:
+        for block_hash in hashes[seq.num_announced : num_full]:
             if block_hash not in self._cached and block_hash not in self._pending:
                 self._pending[block_hash] = seq_id
         seq.num_announced = num_full
@@ -280,7 +271,7 @@ class BlockManager:
     def _evict_oldest(self) -> int:
         block = self._blocks[self._lru.popleft()]
         del self._cached[block.block_hash]
-        block.block_hash, block.token_ids = None, ()
+        block.block_hash = None
         return block.block_id
 
     def _release_hashless(self, block_id: int) -> None:

@@ -16,6 +16,9 @@ class SchedulerConfig:
     # A prefill with more uncached tokens than this is "long": shorter or mostly cached prompts go
     # ahead of it, so a cold 20k-token prompt does not hold up a turn that is nearly all cache hits.
     long_prefill_token_threshold: int = 2048
+    # Share of each step's spare prefill budget guaranteed to the oldest prefill (aging), so that steady
+    # short traffic cannot starve a long prompt: its time to first token stays near 1 / share of alone.
+    oldest_prefill_share: float = 0.5
     cache_key: str = ""  # the model's identity in block hashes
 
     def __post_init__(self) -> None:
@@ -23,6 +26,9 @@ class SchedulerConfig:
                      "long_prefill_token_threshold"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SchedulerConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.oldest_prefill_share <= 1.0:
+            raise ValueError(
+                f"SchedulerConfig.oldest_prefill_share must be in (0, 1], got {self.oldest_prefill_share}")
         if self.max_num_batched_tokens < max(self.max_num_seqs, self.block_size):
             raise ValueError(
                 f"SchedulerConfig.max_num_batched_tokens ({self.max_num_batched_tokens}) must hold a "

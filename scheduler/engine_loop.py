@@ -1,9 +1,15 @@
 """The engine thread and its asyncio bridge.
 
-One thread owns every MLX call (MLX streams are per thread): it applies new requests and aborts, then
-runs schedule -> runner.step -> update, and sleeps on an Event when there is nothing to do. Each request's
-TokenEvents reach its asyncio.Queue with loop.call_soon_threadsafe; nothing else crosses threads but the
-inbox of submits and aborts, and the stats snapshot.
+One thread owns every MLX call (MLX streams are per thread). It blocks on its inbox when there is
+nothing to do, applies submits, aborts and the stop message from it, then runs schedule ->
+runner.step -> update. Each step's TokenEvents reach the request queues with one
+loop.call_soon_threadsafe per event loop; nothing else crosses threads but the inbox and the stats
+snapshot. Every message to the thread goes through the inbox (a SimpleQueue, whose put is safe from
+a finalizer on any thread), so no wake-up can be lost.
+
+Failures: a step that raises fails its requests (failure_streak.py says when the pool is rebuilt);
+anything else that raises on the thread marks the engine dead: every open request gets an error
+event, new ones are refused, and health() says why.
 """
 
 import asyncio
@@ -12,42 +18,32 @@ import logging
 import queue
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.sampling_params import SamplingParams
 from engine.step_types import TokenOutput
 from scheduler.config import SchedulerConfig
-from scheduler.request import FinishReason, Request, RequestRejected, RequestTimings
-from scheduler.scheduler import Scheduler
+from scheduler.failure_streak import FailureStreak
+from scheduler.faults import FaultPlan
+from scheduler.request import FinishReason, Request, RequestRejected
+from scheduler.scheduler import Scheduler, SchedulerOutput
+from scheduler.token_events import FinishCallback, Outbox, RequestStream, Subscriber, TokenEvent
 
 if TYPE_CHECKING:  # the runner brings MLX; this module must import without it
     from engine.runner import ModelRunner
 
-__all__ = ["EngineLoop", "EngineStats", "RequestRejected", "RequestStream", "TokenEvent"]
+__all__ = ["EngineLoop", "EngineStats", "EngineUnavailable", "RequestRejected", "RequestStream",
+           "TokenEvent"]
 
 log = logging.getLogger(__name__)
 
+STALL_WAIT_S = 0.05  # when nothing can run until another request moves: do not spin
+JOIN_TIMEOUT_S = 10.0
 
-@dataclass
-class TokenEvent:
-    """One new token, or (token_id None) the request's acceptance or its end without a token.
 
-    The acceptance event comes once, when the engine thread takes the request in (within a step
-    of submit): its cached_tokens are the prefix tokens then cached or being computed by another
-    request, what it will most likely read from the cache. Later events carry the real hit.
-    """
-
-    token_id: int | None  # None on the acceptance event and on a final event without a token
-    logprob: float | None
-    top_logprobs: list[tuple[int, float]] | None
-    finish_reason: str | None  # None, "stop", "length", "abort", "error"
-    prompt_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    error: str | None = None
-    timings: RequestTimings | None = None  # on the final event
+class EngineUnavailable(RuntimeError):
+    """The engine cannot take requests: it is shutting down, or its thread died."""
 
 
 @dataclass(frozen=True)
@@ -65,61 +61,14 @@ class EngineStats:
     finished: dict[str, int]
     mean_runs_per_seq: float
     num_steps: int = 0
-
-
-class RequestStream:
-    """Async iterator of one request's TokenEvents, ending after the one with a finish_reason.
-
-    Leaving it early (aclose(), `async with` exit, a cancelled task, or dropping it) aborts the request.
-    """
-
-    def __init__(self, request: Request, events: asyncio.Queue, engine: "EngineLoop") -> None:
-        self.request_id = request.request_id
-        self.max_tokens = request.max_tokens  # after clamping to the context
-        self._events = events
-        self._done = False
-        self._abort_on_drop = weakref.finalize(self, engine.abort, request.request_id)
-        self._abort_on_drop.atexit = False
-
-    def __aiter__(self) -> "RequestStream":
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            event = await self._events.get()
-        except asyncio.CancelledError:
-            self._close()
-            raise
-        if event.finish_reason is not None:
-            self._done = True
-            self._abort_on_drop.detach()
-        return event
-
-    async def aclose(self) -> None:
-        self._close()
-
-    async def __aenter__(self) -> "RequestStream":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            self._abort_on_drop()
-
-
-@dataclass
-class _Sink:
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue
+    num_failed_steps: int = 0
+    num_pool_rebuilds: int = 0
 
 
 class EngineLoop:
-    def __init__(self, runner: "ModelRunner", config: SchedulerConfig, model_name: str) -> None:
+    def __init__(self, runner: "ModelRunner", config: SchedulerConfig, model_name: str,
+                 fault: FaultPlan | None = None) -> None:
+        """fault: a failure to inject, for tests (scheduler/faults.py)."""
         if (runner.num_blocks, runner.block_size) != (config.num_blocks, config.block_size):
             raise ValueError(
                 f"the runner's pool ({runner.num_blocks} blocks of {runner.block_size}) differs from the "
@@ -129,14 +78,17 @@ class EngineLoop:
         self.config = config
         self.model_name = model_name
         self.scheduler = Scheduler(config)
+        self._fault = fault
         self.num_steps = 0
+        self.num_failed_steps = 0
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._sinks: dict[int, _Sink] = {}  # seq_id -> where its events go; engine thread only
+        self._subscribers: dict[int, Subscriber] = {}  # seq_id -> where its events go; engine thread only
+        self._outbox = Outbox()
+        self._failures = FailureStreak()
         self._live: set[str] = set()  # request ids submitted and not yet finished
-        self._live_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _live, _accepting and _dead_reason
         self._accepting = True
-        self._stopping = False
+        self._dead_reason: str | None = None
         self._thread: threading.Thread | None = None
         self._stats = self._snapshot()
 
@@ -149,20 +101,30 @@ class EngineLoop:
     def stats(self) -> EngineStats:
         return self._stats
 
+    def health(self) -> str | None:
+        """None while the engine thread runs; otherwise why it does not."""
+        if self._dead_reason is not None:
+            return f"the engine thread failed: {self._dead_reason}"
+        if self._thread is None or not self._thread.is_alive():
+            return "the engine thread is not running"
+        return None
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pagedmlx-engine", daemon=True)
         self._thread.start()
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float = 5.0, join_timeout_s: float = JOIN_TIMEOUT_S) -> None:
         """Refuse new requests, let running ones finish for up to grace_s, abort the rest, join."""
-        self._accepting = False
+        with self._lock:
+            self._accepting = False
         deadline = time.monotonic() + grace_s
-        while self._has_live() and time.monotonic() < deadline:
+        while self._has_live() and time.monotonic() < deadline and self.health() is None:
             await asyncio.sleep(0.02)
-        self._stopping = True
-        self._wake.set()
+        self._inbox.put(("stop",))
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(self._thread.join, join_timeout_s)
+            if self._thread.is_alive():
+                log.warning("the engine thread did not stop within %g s", join_timeout_s)
 
     def submit(
         self,
@@ -170,92 +132,129 @@ class EngineLoop:
         sampling: SamplingParams,
         request_id: str | None = None,
         cache_salt: str | None = None,
+        session: str = "",
+        on_finish: FinishCallback | None = None,
     ) -> RequestStream:
-        """Queue a request; call from a coroutine. Raises RequestRejected if it can never run."""
-        if not self._accepting:
-            raise RequestRejected("the server is shutting down")
-        request = self.scheduler.new_request(prompt_token_ids, sampling, request_id, cache_salt)
-        with self._live_lock:
+        """Queue a request; call from a coroutine. Raises RequestRejected if it can never run,
+        EngineUnavailable if the engine takes no requests. session: the client, for fair sharing;
+        on_finish: called on this loop with the final event, even once the stream is left."""
+        request = self.scheduler.new_request(prompt_token_ids, sampling, request_id, cache_salt, session)
+        events: asyncio.Queue = asyncio.Queue()
+        subscriber = Subscriber(asyncio.get_running_loop(), events, request, on_finish)
+        with self._lock:  # posting under the lock: a thread that dies after it still sees the add
+            if self._dead_reason is not None:
+                raise EngineUnavailable(self.health())
+            if not self._accepting:
+                raise EngineUnavailable("the server is shutting down")
             if request.request_id in self._live:
                 raise RequestRejected(f"request id {request.request_id!r} is already in use")
             self._live.add(request.request_id)
-        events: asyncio.Queue = asyncio.Queue()
-        self._post(("add", request, _Sink(asyncio.get_running_loop(), events)))
-        return RequestStream(request, events, self)
+            self._inbox.put(("add", subscriber))
+        return RequestStream(request, events, self.abort)
 
     def abort(self, request_id: str, reason: str = "abort") -> None:
         """Finish a request in any state; its blocks are freed at the top of the next step. Any thread."""
-        self._post(("abort", request_id, FinishReason(reason)))
-
-    def _post(self, message: tuple) -> None:
-        self._inbox.put(message)
-        self._wake.set()
+        self._inbox.put(("abort", request_id, FinishReason(reason)))
 
     def _has_live(self) -> bool:
-        with self._live_lock:
+        with self._lock:
             return bool(self._live)
 
     # -- the engine thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            self._apply_inbox()
-            if self.scheduler.has_work:
-                self._step_guarded()
-            else:
-                self._wake.wait()
-        self._apply_inbox()
-        for request in self.scheduler.abort_all():
-            self._emit(request, None)
+        try:
+            self._serve()
+            for request in self.scheduler.abort_all():
+                self._emit(request, None)
+            self._flush()
+        except Exception as error:
+            log.exception("the engine thread failed; failing every open request")
+            self._die(f"{type(error).__name__}: {error}")
         self._stats = self._snapshot()
 
-    def _apply_inbox(self) -> None:
+    def _serve(self) -> None:
+        """Until the stop message: block for messages when idle, step when there is work."""
+        timeout: float | None = None
+        while self._apply_inbox(timeout):
+            if not self.scheduler.has_work:
+                timeout = None
+                continue
+            timeout = 0 if self._step_guarded() else STALL_WAIT_S
+
+    def _apply_inbox(self, timeout: float | None) -> bool:
+        """Apply every message, waiting up to timeout (None: forever) for the first; False on stop."""
+        try:
+            message = self._inbox.get(timeout=timeout) if timeout != 0 else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        running = True
         while True:
+            if message[0] == "add":
+                self._add(message[1])
+            elif message[0] == "abort":
+                request = self.scheduler.abort(message[1], message[2])
+                if request is not None:
+                    self._emit(request, None)
+            else:
+                running = False
             try:
                 message = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if message[0] == "add":
-                _, request, sink = message
-                self._sinks[request.seq_id] = sink
-                self.scheduler.add_request(request)
-                expected = self.scheduler.block_manager.num_expected_hit_tokens(
-                    request.token_ids, request.cache_salt)
-                self._emit(request, None, cached_tokens=expected)
-            else:
-                _, request_id, reason = message
-                request = self.scheduler.abort(request_id, reason)
-                if request is not None:
-                    self._emit(request, None)
+        self._flush()
         self._stats = self._snapshot()
+        return running
 
-    def _step_guarded(self) -> None:
-        """A step; should the scheduler itself fail, fail every request rather than hang them all."""
+    def _add(self, subscriber: Subscriber) -> None:
+        request = subscriber.request
+        self._subscribers[request.seq_id] = subscriber
+        if self._fault is not None:
+            self._fault.on_add(request)
+        self.scheduler.add_request(request)
+        self._emit(request, None, cached_tokens=self.scheduler.expected_hit_tokens(request))
+
+    def _step_guarded(self) -> bool:
+        """A step; should the scheduler itself fail, fail every request rather than hang them all.
+        False when nothing could run."""
         try:
-            self._step()
+            return self._step()
         except Exception:
             log.exception("the scheduler failed; aborting every request")
             for request in self.scheduler.abort_all(FinishReason.ERROR, "internal scheduler error"):
                 self._emit(request, None)
+            self._flush()
+            return True
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
         out = self.scheduler.schedule()
         if not out.seqs:
-            self._wake.wait(0.05)  # nothing can run until another request moves; do not spin
-            return
+            return False
         started = time.monotonic()
         try:
+            if self._fault is not None:
+                self._fault.on_step(out.requests)
             outputs = self.runner.step(out.seqs)
         except Exception as error:
-            log.exception("engine step failed; failing its %d requests", len(out.requests))
-            for request in self.scheduler.fail(out, f"{type(error).__name__}: {error}"):
-                self._emit(request, None)
-            return
+            self._step_failed(out, error)
+            return True
+        self._failures.succeeded()
         step_ms = (time.monotonic() - started) * 1000
         self.num_steps += 1
         for request, output in self.scheduler.update(out, outputs, step_ms):
             self._emit(request, output)
+        self._flush()
+        self._stats = self._snapshot()
+        return True
+
+    def _step_failed(self, out: SchedulerOutput, error: Exception) -> None:
+        self.num_failed_steps += 1
+        for request in self.scheduler.fail(out, f"{type(error).__name__}: {error}"):
+            self._emit(request, None)
+        if self._failures.failed(error, len(out.requests)):
+            self.scheduler.recompute_all()
+            self.runner.reset_pool()
+        self._flush()
         self._stats = self._snapshot()
 
     def _emit(self, request: Request, output: TokenOutput | None,
@@ -272,17 +271,39 @@ class EngineLoop:
             error=request.error,
             timings=dataclasses.replace(request.timings) if finished else None,
         )
-        sink = self._sinks[request.seq_id]
+        self._outbox.put(self._subscribers[request.seq_id], event)
         if finished:
-            del self._sinks[request.seq_id]
-            self.runner.release(request.seq_id)
-            with self._live_lock:
+            del self._subscribers[request.seq_id]
+            with self._lock:
                 self._live.discard(request.request_id)
-        try:
-            sink.loop.call_soon_threadsafe(sink.events.put_nowait, event)
-        except RuntimeError:  # the client's event loop is closed: nobody is listening
-            if not finished:
-                self.abort(request.request_id)
+            self.runner.release(request.seq_id)
+
+    def _flush(self) -> None:
+        for request in self._outbox.flush():
+            self.abort(request.request_id)
+
+    def _die(self, reason: str) -> None:
+        """Fail every request the thread knows of, or that is still in the inbox, and refuse more."""
+        with self._lock:
+            self._dead_reason = reason
+        error = f"the engine stopped: {reason}"
+        now = time.monotonic()
+        subscribers = list(self._subscribers.values())
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if message[0] == "add":
+                subscribers.append(message[1])
+        self._subscribers = {s.request.seq_id: s for s in subscribers}
+        for subscriber in subscribers:
+            subscriber.request.finish(FinishReason.ERROR, now, error)
+            try:
+                self._emit(subscriber.request, None)
+            except Exception:  # the runner's release may be what is broken
+                log.exception("while failing request %s", subscriber.request.request_id)
+        self._outbox.flush()
 
     def _snapshot(self) -> EngineStats:
         scheduler, manager, counters = self.scheduler, self.scheduler.block_manager, self.scheduler.counters
@@ -300,4 +321,6 @@ class EngineLoop:
             finished=dict(counters.finished),
             mean_runs_per_seq=self.runner.last_step_runs,
             num_steps=self.num_steps,
+            num_failed_steps=self.num_failed_steps,
+            num_pool_rebuilds=self._failures.num_rebuilds,
         )

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.sampling_params import SamplingParams
+from scheduler.block_hash import BlockHashChain
 
 
 class RequestRejected(ValueError):
@@ -42,7 +43,9 @@ class Request:
     token_ids: list[int]  # the prompt, then each output token appended: the runner's `history`
     sampling: SamplingParams
     max_tokens: int  # sampling.max_tokens clamped to what the context leaves after the prompt
+    block_hashes: BlockHashChain  # over token_ids' full blocks, extended on append
     cache_salt: str | None = None
+    session: str = ""  # the client it comes from: prefill is shared fairly between sessions
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     error: str | None = None
@@ -53,6 +56,7 @@ class Request:
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
+        self.block_hashes.extend(self.token_ids)
 
     @property
     def num_tokens(self) -> int:
@@ -78,6 +82,7 @@ class Request:
     def append_token(self, token_id: int, now: float) -> FinishReason | None:
         """Add a sampled token; the reason to finish if it is a stop token or the last one allowed."""
         self.token_ids.append(token_id)
+        self.block_hashes.extend(self.token_ids)
         if self.timings.first_token is None:
             self.timings.first_token = now
         if token_id in self.sampling.stop_token_ids:

@@ -1,22 +1,31 @@
-"""The scheduling policy: which tokens of which requests run in the next step (vLLM V1's, kept small).
+"""The scheduling policy: which tokens of which requests run in the next step (vLLM V1's, kept small,
+with the prefill budget shared fairly between clients).
 
-Each step: every running decode gets one token (oldest first; a decode that finds no free block preempts
-the newest running request, itself if none is newer); then prefill chunks, short or mostly cached
-prompts before long ones and otherwise in arrival order, within max_num_seqs, the token budget, the
-free blocks and the step-time budget. Chunks end on block boundaries and shrink as their context grows
-so the estimated step stays under max_step_ms; the first prefill of a step always moves by at least a
-block, so a long prompt progresses whatever its context. A waiting request whose next prefix block is
-being computed by another request waits for it (others pass it) and then hits the cache.
+Each step, every running decode gets one token (oldest first; a decode that finds no free block
+preempts the newest running request, itself if none is newer). Prefill chunks then share what the
+step's token and time budgets leave:
+- the oldest prefill (waiting or running) is guaranteed oldest_prefill_share of it and always
+  moves by at least a block: aging, so that a cold 20k-token prompt's time to first token is
+  bounded whatever short traffic keeps arriving;
+- the rest goes by fair queuing between sessions (clients): the session that has had the least
+  prefill time (estimated ms) since it last had nothing to prefill goes next, one chunk at a time,
+  so one client's cold prompt or stream of small requests cannot hold up another's nearly free
+  cached turn. Within a session, short or mostly cached prompts go first, then arrival order.
+Chunks end on block boundaries and shrink as their context grows so the estimated step stays under
+max_step_ms. A waiting request whose next prefix block is being computed by another request waits
+for it (others pass it) and then hits the cache.
 """
 
 import bisect
+import heapq
 import itertools
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 from engine.sampling_params import SamplingParams
 from engine.step_types import SeqStep, TokenOutput
+from scheduler.block_hash import BlockHashChain, extra_keys
 from scheduler.block_manager import BlockManager, PrefixMatch
 from scheduler.config import SchedulerConfig
 from scheduler.cost_model import CostModel, StepShape
@@ -31,6 +40,8 @@ class SchedulerOutput:
     preempted: list[Request] = field(default_factory=list)
     num_prefill_rows: int = 0
     estimated_ms: float = 0.0
+    touched: set[int] = field(default_factory=set)  # seq ids scheduled or preempted in this step
+    admission_closed: bool = False  # a waiting request found no room: none after it may start
 
 
 @dataclass
@@ -45,6 +56,32 @@ class SchedulerCounters:
     finished: Counter = field(default_factory=Counter)  # finish reason -> count
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """How far the step's rows may go: its token count and its estimated time."""
+
+    tokens: int
+    ms: float
+
+
+@dataclass
+class _Candidate:
+    """A request with prefill to run: mid-prefill (running) or waiting to start."""
+
+    request: Request
+    start: int  # tokens it has computed (for a waiting one, its prefix hits)
+    long: bool
+    pending: bool  # waiting on a prefix block another request is computing
+
+    @property
+    def uncached(self) -> int:
+        return self.request.num_tokens - self.start
+
+    @property
+    def rank(self) -> tuple[bool, int]:
+        return self.long, self.request.seq_id
+
+
 class Scheduler:
     def __init__(
         self,
@@ -53,15 +90,15 @@ class Scheduler:
         cost_model: CostModel | None = None,
     ) -> None:
         self.config = config
-        self.block_manager = block_manager or BlockManager(
-            config.num_blocks, config.block_size, config.cache_key
-        )
+        self.block_manager = block_manager or BlockManager(config.num_blocks, config.block_size)
         self.cost_model = cost_model or CostModel()
-        self.waiting: deque[Request] = deque()  # arrival order; preempted requests go back to the head
+        self.waiting: list[Request] = []  # by seq_id, i.e. arrival: a preempted request is older
         self.running: list[Request] = []  # by seq_id: oldest first
         self.counters = SchedulerCounters()
         self._requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
+        # Estimated prefill ms each session with prefill work has had since it last had none.
+        self._served: dict[str, float] = {}
 
     @property
     def max_model_len(self) -> int:
@@ -78,6 +115,7 @@ class Scheduler:
         sampling: SamplingParams,
         request_id: str | None = None,
         cache_salt: str | None = None,
+        session: str = "",
     ) -> Request:
         """A validated request with max_tokens clamped to the context left; safe from any thread."""
         prompt_len = len(prompt_token_ids)
@@ -99,15 +137,19 @@ class Scheduler:
             raise RequestRejected(f"max_tokens must be at least 1, got {sampling.max_tokens}")
         seq_id = next(self._seq_ids)
         max_tokens = min(sampling.max_tokens, self.max_model_len - prompt_len)
-        return Request(
-            request_id or f"req-{seq_id}", seq_id, list(prompt_token_ids), sampling, max_tokens, cache_salt
-        )
+        chain = BlockHashChain(config.block_size, extra_keys(config.cache_key, cache_salt))
+        return Request(request_id or f"req-{seq_id}", seq_id, list(prompt_token_ids), sampling,
+                       max_tokens, chain, cache_salt, session)
 
     def add_request(self, request: Request) -> None:
         if request.request_id in self._requests:
             raise RequestRejected(f"request id {request.request_id!r} is already in use")
         self._requests[request.request_id] = request
-        self.waiting.append(request)
+        bisect.insort(self.waiting, request, key=_seq_id)
+
+    def expected_hit_tokens(self, request: Request) -> int:
+        """Prefix tokens the request will most likely read from the cache (see BlockManager)."""
+        return self.block_manager.num_expected_hit_tokens(request.block_hashes.hashes, request.num_tokens)
 
     def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> Request | None:
         """Finish a request in any state and free its blocks; None if it is unknown or finished."""
@@ -147,8 +189,7 @@ class Scheduler:
         for seq, request in zip(out.seqs, out.requests):
             request.num_computed_tokens += len(seq.token_ids)
             self.block_manager.publish(
-                request.seq_id, request.token_ids, request.num_computed_tokens, request.cache_salt
-            )
+                request.seq_id, request.block_hashes.hashes, request.num_computed_tokens)
             output = sampled.get(request.seq_id)
             if output is None:
                 continue
@@ -168,53 +209,130 @@ class Scheduler:
             self._finish(request, FinishReason.ERROR, now, error)
         return out.requests
 
+    def recompute_all(self) -> None:
+        """Forget all KV (the pool was rebuilt): running requests wait to recompute, and the
+        prefix cache starts empty."""
+        for request in list(self.running):
+            self._preempt(request, SchedulerOutput())
+        self.block_manager.clear()
+
+    # -- decodes -----------------------------------------------------------------------
+
     def _schedule_decode(self, request: Request, out: SchedulerOutput) -> None:
         if self._reserve(request, request.num_computed_tokens + 1, out):
             self._add_row(out, request, 1)
         else:
             self._preempt(request, out)
 
+    # -- prefills ----------------------------------------------------------------------
+
     def _schedule_prefills(self, out: SchedulerOutput) -> None:
+        candidates = self._prefill_candidates(out)
+        self._track_sessions(candidates)
+        ready = [c for c in candidates if not c.pending]
+        if not ready:
+            return
+        full = _Limits(self.config.max_num_batched_tokens, self.config.max_step_ms)
+        oldest, others = ready[0], ready[1:]  # ready is by seq_id
+        # The oldest goes first (so it also takes its seat and announces its blocks first), leaving
+        # what the others would use, up to 1 - oldest_prefill_share of the step's spare budget.
+        demand = StepShape()
+        for candidate in others:
+            demand.add(candidate.start, candidate.uncached)
+        others_share = 1.0 - self.config.oldest_prefill_share
+        spare_tokens = full.tokens - out.shape.num_tokens
+        spare_ms = max(full.ms - self.cost_model.estimate_ms(out.shape), 0.0)
+        left = _Limits(full.tokens - min(demand.num_tokens, int(others_share * spare_tokens)),
+                       full.ms - min(self.cost_model.estimate_ms(demand), others_share * spare_ms))
+        self._schedule_prefill(oldest, out, left, guaranteed=True)
+        self._share_fairly(others, out, full)
+
+    def _prefill_candidates(self, out: SchedulerOutput) -> list[_Candidate]:
         threshold = self.config.long_prefill_token_threshold
-        admitting = True
-        for long_pass in (False, True):
-            candidates = [r for r in self.running if r.num_uncomputed_tokens > 1] + list(self.waiting)
-            for request in candidates:
-                if out.shape.num_tokens >= self.config.max_num_batched_tokens:
-                    return
-                if request in out.requests or request in out.preempted:
-                    continue
-                if request.status is RequestStatus.RUNNING:
-                    if (request.num_uncomputed_tokens > threshold) == long_pass:
-                        self._schedule_chunk(request, out)
-                    continue
-                admitting = admitting and len(self.running) < self.config.max_num_seqs
-                if not admitting:
-                    continue
-                match = self.block_manager.match_prefix(request.token_ids, request.cache_salt)
-                if match.pending:
-                    continue
-                if (request.num_tokens - match.num_tokens > threshold) == long_pass:
-                    admitting = self._admit(request, match, out)
+        candidates = []
+        for request in self.running:
+            if request.num_uncomputed_tokens > 1 and request.seq_id not in out.touched:
+                long = request.num_uncomputed_tokens > threshold
+                candidates.append(_Candidate(request, request.num_computed_tokens, long, False))
+        for request in self.waiting:
+            if request.seq_id not in out.touched:
+                match = self._match(request)
+                long = request.num_tokens - match.num_tokens > threshold
+                candidates.append(_Candidate(request, match.num_tokens, long, match.pending))
+        candidates.sort(key=lambda c: c.request.seq_id)
+        return candidates
 
-    def _schedule_chunk(self, request: Request, out: SchedulerOutput) -> None:
-        length = self._chunk_length(out, request.num_computed_tokens, request.num_uncomputed_tokens)
-        if length and self._reserve(request, request.num_computed_tokens + length, out):
-            self._add_row(out, request, length)
-            out.num_prefill_rows += 1
+    def _track_sessions(self, candidates: list[_Candidate]) -> None:
+        """A session with nothing to prefill is forgotten; one that comes back starts level with
+        the least served of the others, so idle time earns no credit."""
+        active = {c.request.session for c in candidates}
+        for session in self._served.keys() - active:
+            del self._served[session]
+        floor = min(self._served.values(), default=0.0)
+        for session in active:
+            self._served.setdefault(session, floor)
 
-    def _admit(self, request: Request, match: PrefixMatch, out: SchedulerOutput) -> bool:
-        """Start (or resume) a waiting request with its prefix hits; False: admit no more this step."""
-        length = self._chunk_length(out, match.num_tokens, request.num_tokens - match.num_tokens)
+    def _share_fairly(self, candidates: list[_Candidate], out: SchedulerOutput, limits: _Limits) -> None:
+        """One chunk at a time to the least served session, until the limits are reached."""
+        queues: dict[str, deque[_Candidate]] = defaultdict(deque)
+        for candidate in sorted(candidates, key=lambda c: c.rank):
+            queues[candidate.request.session].append(candidate)
+        heap = [(self._served[session], queue[0].rank, session) for session, queue in queues.items()]
+        heapq.heapify(heap)
+        while heap and self._has_room(out, limits):
+            _, _, session = heapq.heappop(heap)
+            queue = queues[session]
+            self._schedule_prefill(queue.popleft(), out, limits)
+            if queue:
+                heapq.heappush(heap, (self._served[session], queue[0].rank, session))
+
+    def _has_room(self, out: SchedulerOutput, limits: _Limits) -> bool:
+        return (out.shape.num_tokens < limits.tokens
+                and self.cost_model.estimate_ms(out.shape) < limits.ms)
+
+    def _schedule_prefill(self, candidate: _Candidate, out: SchedulerOutput, limits: _Limits,
+                          guaranteed: bool = False) -> None:
+        """A chunk of the candidate's prefill, charged to its session."""
+        request = candidate.request
+        if request.seq_id in out.touched:  # preempted by another row of this step
+            return
+        before_ms = self.cost_model.estimate_ms(out.shape)
+        if request.status is RequestStatus.RUNNING:
+            start = request.num_computed_tokens
+            length = self._chunk_length(out, limits, start, request.num_uncomputed_tokens, guaranteed)
+            if not (length and self._reserve(request, start + length, out)):
+                return
+        else:
+            length = self._admit(request, out, limits, guaranteed)
+            if not length:
+                return
+        self._add_row(out, request, length)
+        out.num_prefill_rows += 1
+        self._served[request.session] += self.cost_model.estimate_ms(out.shape) - before_ms
+
+    def _admit(self, request: Request, out: SchedulerOutput, limits: _Limits, guaranteed: bool) -> int:
+        """Start (or resume) a waiting request with its prefix hits; the length of its first chunk,
+        0 if it cannot start now."""
+        if out.admission_closed:
+            return 0
+        if len(self.running) >= self.config.max_num_seqs:
+            out.admission_closed = True
+            return 0
+        match = self._match(request)  # anew: an allocation since the candidates' may have evicted
+        if match.pending:
+            return 0
+        length = self._chunk_length(out, limits, match.num_tokens, request.num_tokens - match.num_tokens,
+                                    guaranteed)
         if length == 0:
-            return False
+            return 0
         manager, end = self.block_manager, match.num_tokens + length
         if not manager.can_allocate(manager.num_blocks_to_admit(match, end)):
-            return False
+            out.admission_closed = True  # first come, first served for the free blocks
+            return 0
         manager.acquire(request.seq_id, match)
-        manager.ensure_capacity(request.seq_id, end, request.token_ids, request.cache_salt)
-        self.waiting.remove(request)
-        bisect.insort(self.running, request, key=lambda r: r.seq_id)
+        manager.ensure_capacity(request.seq_id, end, request.block_hashes.hashes)
+        _remove(self.waiting, request)
+        bisect.insort(self.running, request, key=_seq_id)
         request.status = RequestStatus.RUNNING
         request.num_computed_tokens = match.num_tokens
         if request.timings.first_scheduled is None:
@@ -222,31 +340,35 @@ class Scheduler:
             request.num_cached_tokens = match.num_tokens
             self.counters.prefix_queries_tokens += request.num_tokens
             self.counters.prefix_hits_tokens += match.num_tokens
-        self._add_row(out, request, length)
-        out.num_prefill_rows += 1
-        return True
+        return length
 
-    def _chunk_length(self, out: SchedulerOutput, start: int, remaining: int) -> int:
-        """Tokens of a prefill to run now: within the token and time budgets, ending on a block."""
+    def _match(self, request: Request) -> PrefixMatch:
+        return self.block_manager.match_prefix(request.block_hashes.hashes, request.num_tokens)
+
+    def _chunk_length(self, out: SchedulerOutput, limits: _Limits, start: int, remaining: int,
+                      guaranteed: bool) -> int:
+        """Tokens of a prefill to run now, within the limits. Chunks end on a block, except the
+        guaranteed one, whose share may be smaller than a block's worth of time at a long context;
+        it moves at least to the next block boundary, even over the time limit."""
         block_size = self.config.block_size
-        tokens_left = self.config.max_num_batched_tokens - out.shape.num_tokens
-        ms_left = self.config.max_step_ms - self.cost_model.estimate_ms(out.shape)
+        tokens_left = limits.tokens - out.shape.num_tokens
+        ms_left = limits.ms - self.cost_model.estimate_ms(out.shape)
         length = min(remaining, tokens_left, self.cost_model.max_chunk_tokens(start, ms_left))
-        if length < remaining:
+        if length < remaining and not guaranteed:
             length = (start + length) // block_size * block_size - start
-        if length <= 0 and out.num_prefill_rows == 0:
-            # Progress: the step's first prefill moves by a block even when that is over the target.
+        if length <= 0 and guaranteed:
             length = min(remaining, tokens_left, block_size - start % block_size)
         return max(length, 0)
 
+    # -- blocks and bookkeeping --------------------------------------------------------
+
     def _reserve(self, request: Request, num_tokens: int, out: SchedulerOutput) -> bool:
         """Blocks for num_tokens, preempting newer running requests that are not in this step."""
-        while not self.block_manager.ensure_capacity(
-            request.seq_id, num_tokens, request.token_ids, request.cache_salt
-        ):
+        while not self.block_manager.ensure_capacity(request.seq_id, num_tokens,
+                                                     request.block_hashes.hashes):
             victim = next(
                 (r for r in reversed(self.running)
-                 if r.seq_id > request.seq_id and r not in out.requests),
+                 if r.seq_id > request.seq_id and r.seq_id not in out.touched),
                 None,
             )
             if victim is None:
@@ -257,12 +379,13 @@ class Scheduler:
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         """Recompute later: its blocks go back (cached, so resuming mostly hits); it keeps its output."""
         self.block_manager.free(request.seq_id)
-        self.running.remove(request)
+        _remove(self.running, request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
-        self.waiting.appendleft(request)
+        bisect.insort(self.waiting, request, key=_seq_id)
         self.counters.num_preempted += 1
         out.preempted.append(request)
+        out.touched.add(request.seq_id)
 
     def _add_row(self, out: SchedulerOutput, request: Request, length: int) -> None:
         start = request.num_computed_tokens
@@ -277,14 +400,29 @@ class Scheduler:
             history=request.token_ids,
         ))
         out.requests.append(request)
+        out.touched.add(request.seq_id)
         out.shape.add(start, length)
 
     def _finish(self, request: Request, reason: FinishReason, now: float, error: str | None = None) -> None:
-        if request.status is RequestStatus.RUNNING:
-            self.block_manager.free(request.seq_id)
-            self.running.remove(request)
-        else:
-            self.waiting.remove(request)
+        """Whatever its state: its blocks are freed (a no-op if it holds none) and it leaves its queue."""
+        if request.is_finished:
+            return
+        self.block_manager.free(request.seq_id)
+        for queue in (self.running, self.waiting):
+            _remove(queue, request, missing_ok=True)
         request.finish(reason, now, error)
-        del self._requests[request.request_id]
+        self._requests.pop(request.request_id, None)
         self.counters.finished[reason.value] += 1
+
+
+def _seq_id(request: Request) -> int:
+    return request.seq_id
+
+
+def _remove(queue: list[Request], request: Request, missing_ok: bool = False) -> None:
+    """Take a request out of a list kept sorted by seq_id."""
+    i = bisect.bisect_left(queue, request.seq_id, key=_seq_id)
+    if i < len(queue) and queue[i] is request:
+        del queue[i]
+    elif not missing_ok:
+        raise ValueError(f"request {request.request_id} is not in the queue")

@@ -13,5 +13,5 @@ from api.prompt_render import render_prompt
 async def count_tokens(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     body = parse_messages_request(await read_json_body(request), for_count_tokens=True)
-    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.tokenizer, to_conversation(body))
+    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, to_conversation(body))
     return json_response({"input_tokens": round(len(prompt_ids) * ctx.claude_token_scale)})

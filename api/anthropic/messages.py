@@ -12,6 +12,7 @@ from api.generation import GenerationParams, submit_choices
 from api.json_body import read_json_body
 from api.prompt_render import render_prompt
 from api.responding import respond
+from api.sessions import client_session
 from api.tool_choice import ToolChoice
 from api.tool_use import request_constraints, stages_factory
 from engine.sampling_params import SamplingParams
@@ -24,7 +25,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     body = parse_messages_request(await read_json_body(request))
     model = ctx.check_model_name(body.model)
     conversation = to_conversation(body)
-    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.tokenizer, conversation)
+    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, conversation)
     choice = tool_choice(body)
     # A deferred tool, once loaded through a tool_reference, can be called like the others.
     all_tools = conversation.tools + list(conversation.deferred_tools.values())
@@ -33,7 +34,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     make_stages = stages_factory(ctx, params.stop, all_tools, choice, prompt_ids)
     message_id = f"msg_{uuid.uuid4().hex}"
     submission = submit_choices(ctx, message_id, [prompt_ids], params, "messages", make_stages,
-                                constraints)
+                                client_session(request), constraints)
     thinking = (body.thinking or {}).get("type") in ("enabled", "adaptive")
     shape = MessageShape(message_id, model, submission, ctx.block_size, ctx.claude_token_scale,
                          thinking)

@@ -17,6 +17,7 @@ from api.json_body import read_json_body
 from api.openai.validation import parse_chat_request
 from api.prompt_render import render_prompt
 from api.responding import respond
+from api.sessions import client_session
 from api.results import ChoiceResult
 from api.tool_use import request_constraints, stages_factory
 
@@ -27,14 +28,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     params = chat.params
     model = ctx.check_model_name(params.model)
     conversation = Conversation(messages=chat.messages, tools=chat.tools, deferred_tools={})
-    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.tokenizer, conversation,
+    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, conversation,
                                         chat.chat_template_kwargs)
     constraints = await request_constraints(ctx, chat.tools, chat.tool_choice, params.n,
                                             chat.response_format)
     make_stages = stages_factory(ctx, params.stop, chat.tools, chat.tool_choice, prompt_ids)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     submission = submit_choices(ctx, request_id, [prompt_ids], params, "messages", make_stages,
-                                constraints)
+                                client_session(request), constraints)
     shape = ChatShape(request_id, model, ctx.tokenizer, len(submission.choices),
                       params.include_usage)
     return await respond(request, ctx, submission, shape, params.stream)

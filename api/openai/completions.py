@@ -15,6 +15,7 @@ from api.openai.logprobs import completion_logprobs
 from api.json_body import read_json_body
 from api.openai.validation import parse_completion_request
 from api.responding import respond
+from api.sessions import client_session
 from api.results import ChoiceResult
 from api.text_stages import TextStages
 
@@ -23,11 +24,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     completion = parse_completion_request(await read_json_body(request), ctx.vocab_size)
     model = ctx.check_model_name(completion.params.model)
-    prompts = await ctx.run_off_loop(tokenize_prompts, ctx.tokenizer, completion.prompts)
+    prompts = await ctx.run_off_loop(tokenize_prompts, ctx.encode_tokenizer, completion.prompts)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     stop = completion.params.stop
     submission = submit_choices(ctx, request_id, prompts, completion.params, "prompt",
-                                lambda: TextStages(stop))
+                                lambda: TextStages(stop), client_session(request))
     n = completion.params.n
     echoes = [_prompt_text(ctx.tokenizer, completion.prompts[i // n]) if completion.echo else ""
               for i in range(len(submission.choices))]

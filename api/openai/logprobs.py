@@ -3,6 +3,7 @@
 from typing import Any
 
 from api.deltas import TokenLogprob
+from api.openai.token_bytes import token_bytes
 
 
 def token_text(tokenizer: Any, token_id: int) -> str:
@@ -12,10 +13,11 @@ def token_text(tokenizer: Any, token_id: int) -> str:
 def chat_logprobs(tokenizer: Any, entries: list[TokenLogprob]) -> dict[str, Any] | None:
     if not entries:
         return None
+    raw_bytes = token_bytes(tokenizer)
 
     def item(token_id: int, logprob: float) -> dict[str, Any]:
-        text = token_text(tokenizer, token_id)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": token_text(tokenizer, token_id), "logprob": logprob,
+                "bytes": list(raw_bytes(token_id))}
 
     return {"content": [
         {**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}

@@ -86,13 +86,15 @@ class LiveServer:
             return self.process.wait()
 
 
-def start_server(log_dir: Path, *extra_args: str, port: int | None = None) -> LiveServer:
+def start_server(log_dir: Path, *extra_args: str, port: int | None = None,
+                 env: dict[str, str] | None = None) -> LiveServer:
+    """env: variables to set beside this process's."""
     port = port or free_port()
     log_path = log_dir / f"pagedmlx-{port}.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [str(PAGEDMLX), "serve", "--port", str(port), *TEST_PROFILE, *extra_args],
-            stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy(),
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
     server = LiveServer(process, port, log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

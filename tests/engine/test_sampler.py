@@ -1,13 +1,16 @@
 """Sampler and logits processors on random logits (no model)."""
 
 import math
+from collections import Counter
 from dataclasses import replace
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from engine.logits_processors import NUCLEUS_CANDIDATES, apply_penalties, truncate
+from engine.logits_processors import NUCLEUS_CANDIDATES, truncate
+from engine import penalties as penalties_module
+from engine.penalties import Penalties
 from engine.sampler import Sampler
 from engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from engine.step_types import SeqStep
@@ -150,7 +153,7 @@ def test_logit_bias_forces_and_forbids_without_touching_the_input():
 
 def penalised(values, sampling: SamplingParams, history, prompt_len) -> np.ndarray:
     logits = mx.array(np.array([values], dtype=np.float32))
-    return np.asarray(apply_penalties(logits, [step(0, sampling, history, prompt_len)]))[0]
+    return np.asarray(Penalties()(logits, [step(0, sampling, history, prompt_len)]))[0]
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_over_prompt_and_output():
@@ -179,6 +182,97 @@ def test_penalties_flip_the_greedy_choice_only_where_they_should():
         step(3, GREEDY, history=[0, 0, 0], prompt_len=1),
     ]
     assert tokens(Sampler()(logits, seqs)) == [1, 0, 1, 0]
+
+
+def reference_penalties(values: np.ndarray, sampling: SamplingParams, history, prompt_len) -> np.ndarray:
+    """Recounted from the whole history: repetition over prompt and output, then presence and
+    frequency over the output."""
+    out = values.copy()
+    penalty = np.float32(sampling.repetition_penalty)
+    for t in set(history):
+        out[t] = out[t] / penalty if out[t] > 0 else out[t] * penalty
+    for t, c in Counter(history[prompt_len:]).items():
+        out[t] -= np.float32(sampling.presence_penalty + sampling.frequency_penalty * c)
+    return out
+
+
+MIXED_PENALTIES = [
+    SamplingParams(repetition_penalty=1.3),
+    SamplingParams(presence_penalty=0.7, frequency_penalty=0.2),
+    SamplingParams(repetition_penalty=0.8, presence_penalty=-0.4, frequency_penalty=0.5),
+    SamplingParams(frequency_penalty=1.5),
+    GREEDY,
+]
+
+
+@pytest.mark.parametrize("padding_limit", [math.inf, 0.0], ids=["by_row", "flat"])
+def test_incremental_counts_equal_a_recount_at_every_step(monkeypatch, padding_limit):
+    monkeypatch.setattr(penalties_module, "PADDING_LIMIT", padding_limit)
+    vocab = 1000
+    rng = np.random.default_rng(10)
+    logits = random_logits(len(MIXED_PENALTIES), vocab, seed=10)
+    # Prompts with more distinct tokens than TokenCounts starts with room for; outputs drawn from a
+    # few tokens, so that they repeat, and repeat the prompt's.
+    histories = [rng.integers(0, vocab, 400).tolist() for _ in MIXED_PENALTIES]
+    prompt_lens = [len(h) for h in histories]
+    penalties = Penalties()
+    for step_index in range(60):
+        # Rows sit out four steps in turn (preempted) and come back with five new tokens; the row
+        # order changes every step.
+        present = [int(i) for i in rng.permutation(len(MIXED_PENALTIES)) if (step_index // 4) % 7 != i]
+        batch = [step(i, MIXED_PENALTIES[i], histories[i], prompt_lens[i]) for i in present]
+        rows = logits[mx.array(present)]
+        incremental = np.asarray(penalties(rows, batch))
+        np.testing.assert_array_equal(incremental, np.asarray(Penalties()(rows, batch)))
+        for row, i in enumerate(present):
+            params, history, prompt_len = MIXED_PENALTIES[i], histories[i], prompt_lens[i]
+            expected = reference_penalties(np.asarray(rows)[row], params, history, prompt_len)
+            np.testing.assert_allclose(incremental[row], expected, rtol=1e-6, atol=1e-6)
+        for i in range(len(histories)):
+            histories[i].append(int(rng.integers(0, 40)))
+
+
+def test_release_then_reuse_of_a_seq_id_counts_afresh():
+    logits = random_logits(1, 50, seed=11)
+    params = MIXED_PENALTIES[2]
+    penalties = Penalties()
+    penalties(logits, [step(3, params, history=list(range(10)), prompt_len=5)])
+    penalties.release(3)
+    reused = step(3, params, history=list(range(20, 32)), prompt_len=5)  # longer, other tokens
+    fresh = Penalties()(logits, [reused])
+    np.testing.assert_array_equal(np.asarray(penalties(logits, [reused])), np.asarray(fresh))
+
+
+def test_sampler_release_forgets_penalty_counts():
+    logits = mx.array(np.array([[2.0, 1.8, -5.0]], dtype=np.float32))
+    params = replace(GREEDY, frequency_penalty=1.0)
+    sampler = Sampler()
+    assert tokens(sampler(logits, [step(3, params, history=[2, 0, 0, 0], prompt_len=1)])) == [1]
+    sampler.release(3)
+    # Counted on top of the released output, token 0 would still be penalised by 3.
+    assert tokens(sampler(logits, [step(3, params, history=[2, 1, 2, 2, 2, 2], prompt_len=1)])) == [0]
+
+
+def test_a_history_that_does_not_extend_the_counted_one_is_recounted():
+    logits = random_logits(1, 50, seed=12)
+    params = MIXED_PENALTIES[2]
+    penalties = Penalties()
+    penalties(logits, [step(4, params, history=list(range(10)), prompt_len=5)])
+    for shorter in (step(4, params, history=[30, 31, 30, 32, 33, 30, 31], prompt_len=5),
+                    step(4, params, history=[40] * 12, prompt_len=6)):  # longer, another prompt length
+        fresh = Penalties()(logits, [shorter])
+        np.testing.assert_array_equal(np.asarray(penalties(logits, [shorter])), np.asarray(fresh))
+
+
+def test_penalties_leave_default_rows_and_the_input_alone():
+    logits = random_logits(2, 50, seed=13)
+    original = np.asarray(logits).copy()
+    penalties = Penalties()
+    assert penalties(logits, [step(0, GREEDY, [1, 2, 3]), step(1, RANDOM, [4])]) is logits
+    out = np.asarray(penalties(logits, [step(0, GREEDY, [1, 2, 3]), step(1, MIXED_PENALTIES[0], [4])]))
+    np.testing.assert_array_equal(out[0], original[0])
+    assert out[1][4] != original[1][4]
+    np.testing.assert_array_equal(np.asarray(logits), original)
 
 
 def test_logprobs_are_of_the_raw_distribution_with_sorted_top_k():

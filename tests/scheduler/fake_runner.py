@@ -71,6 +71,7 @@ class FakeRunner:
         self.kv: list[int | None] = [None] * (num_blocks * block_size)
         self.tokens_run: Counter[int] = Counter()  # seq_id -> tokens it computed (not hit)
         self.released: list[int] = []
+        self.num_resets = 0
         self.num_steps = 0
         self.last_step_ms = 0.0
         self.last_step_runs = 0.0
@@ -98,6 +99,10 @@ class FakeRunner:
 
     def release(self, seq_id: int) -> None:
         self.released.append(seq_id)
+
+    def reset_pool(self) -> None:
+        self.kv = [None] * len(self.kv)
+        self.num_resets += 1
 
     def _slot(self, block_table: list[int], position: int) -> int:
         return block_table[position // self.block_size] * self.block_size + position % self.block_size

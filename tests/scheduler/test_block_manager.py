@@ -10,21 +10,33 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scheduler.block_hash import ROOT_HASH, extra_keys, hash_block
+from scheduler.block_hash import ROOT_HASH, BlockHash, BlockHashChain, extra_keys, hash_block
 from scheduler.block_manager import BlockManager
 
 BS = 4  # block size used throughout
 
 
+def hashes(tokens: list[int], salt: str | None = None) -> list[BlockHash]:
+    """The chain a request over these tokens would keep."""
+    chain = BlockHashChain(BS, extra_keys("m", salt))
+    chain.extend(tokens)
+    return chain.hashes
+
+
+def query(tokens: list[int], salt: str | None = None) -> tuple[list[BlockHash], int]:
+    """match_prefix's arguments for a prompt of these tokens."""
+    return hashes(tokens, salt), len(tokens)
+
+
 def compute(bm: BlockManager, seq_id: int, tokens: list[int], salt: str | None = None) -> None:
     """Admit a sequence with its prefix hits and compute (publish) all of its tokens."""
-    bm.acquire(seq_id, bm.match_prefix(tokens, salt))
-    assert bm.ensure_capacity(seq_id, len(tokens), tokens, salt)
-    bm.publish(seq_id, tokens, len(tokens), salt)
+    bm.acquire(seq_id, bm.match_prefix(*query(tokens, salt)))
+    assert bm.ensure_capacity(seq_id, len(tokens), hashes(tokens, salt))
+    bm.publish(seq_id, hashes(tokens, salt), len(tokens))
 
 
 def hits(bm: BlockManager, tokens: list[int], salt: str | None = None) -> int:
-    return len(bm.match_prefix(tokens, salt).block_ids)
+    return len(bm.match_prefix(*query(tokens, salt)).block_ids)
 
 
 # -- block hashes -------------------------------------------------------------------------
@@ -72,7 +84,7 @@ def test_hit_leaves_the_last_prompt_token_to_compute():
     bm = BlockManager(16, BS)
     compute(bm, 1, list(range(8)))
     assert hits(bm, list(range(8))) == 1  # 2 full blocks, but the last token needs logits
-    match = bm.match_prefix(list(range(9)))
+    match = bm.match_prefix(*query(list(range(9))))
     assert len(match.block_ids) == 2 and match.num_tokens == 8 and not match.pending
 
 
@@ -80,9 +92,9 @@ def test_next_turn_hits_the_previous_answer():
     bm = BlockManager(16, BS)
     prompt, answer = [7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24]
     history = prompt + answer  # the last answer token was sampled but never computed
-    bm.acquire(1, bm.match_prefix(prompt))
-    assert bm.ensure_capacity(1, len(history), history)
-    bm.publish(1, history, len(history) - 1)
+    bm.acquire(1, bm.match_prefix(*query(prompt)))
+    assert bm.ensure_capacity(1, len(history), hashes(history))
+    bm.publish(1, hashes(history), len(history) - 1)
     bm.free(1)
     assert hits(bm, history + [30, 31, 32]) == 2  # both full blocks, the second one half answer
 
@@ -96,12 +108,6 @@ def test_cache_salt_isolates_tenants():
     assert hits(bm, tokens) == 0
 
 
-def test_hit_compares_the_stored_tokens_not_only_the_hash():
-    bm = BlockManager(16, BS)
-    compute(bm, 1, list(range(9)))
-    bm._blocks[bm.block_table(1)[1]].token_ids = (0, 0, 0, 0)  # what a hash collision would look like
-    assert hits(bm, list(range(9))) == 1
-
 
 def test_lru_evicts_the_least_recently_freed_leaf_first():
     bm = BlockManager(4, BS)
@@ -111,10 +117,10 @@ def test_lru_evicts_the_least_recently_freed_leaf_first():
     bm.free(1)
     bm.free(2)
     assert bm.num_free_blocks == 4 and bm.num_cached_blocks == 4
-    assert bm.ensure_capacity(3, 1, [50])  # evicts a's second block (a leaf), not its root
+    assert bm.ensure_capacity(3, 1, hashes([50]))  # evicts a's second block (a leaf), not its root
     assert (hits(bm, a + [0]), hits(bm, b + [0])) == (1, 2)
     assert bm.num_cached_blocks == 3
-    assert bm.ensure_capacity(3, 5, [50] * 5)
+    assert bm.ensure_capacity(3, 5, hashes([50] * 5))
     assert (hits(bm, a + [0]), hits(bm, b + [0])) == (0, 2)
 
 
@@ -126,9 +132,9 @@ def test_hit_takes_its_block_out_of_the_middle_of_the_free_queue():
     for seq_id in prompts:
         bm.free(seq_id)
     queue = list(bm._lru)
-    bm.acquire(4, bm.match_prefix(prompts[2] + [0]))
+    bm.acquire(4, bm.match_prefix(*query(prompts[2] + [0])))
     assert list(bm._lru) == [queue[0], queue[2]] and bm.num_free_blocks == 2
-    assert bm.ensure_capacity(5, 8, [9] * 8)  # evicts the other two, not the hit
+    assert bm.ensure_capacity(5, 8, hashes([9] * 8))  # evicts the other two, not the hit
     assert hits(bm, prompts[2] + [0]) == 1 and bm.num_free_blocks == 0
 
 
@@ -138,40 +144,40 @@ def test_hit_takes_its_block_out_of_the_middle_of_the_free_queue():
 def test_a_prompt_being_computed_is_pending_until_published():
     bm = BlockManager(16, BS)
     prompt = list(range(13))  # 3 full blocks can hit
-    bm.acquire(1, bm.match_prefix(prompt))
-    assert bm.ensure_capacity(1, 4, prompt)  # only the first chunk has blocks yet
-    match = bm.match_prefix(prompt)
+    bm.acquire(1, bm.match_prefix(*query(prompt)))
+    assert bm.ensure_capacity(1, 4, hashes(prompt))  # only the first chunk has blocks yet
+    match = bm.match_prefix(*query(prompt))
     assert not match.block_ids and match.pending
-    bm.publish(1, prompt, 4)
-    match = bm.match_prefix(prompt)
+    bm.publish(1, hashes(prompt), 4)
+    match = bm.match_prefix(*query(prompt))
     assert len(match.block_ids) == 1 and match.pending
-    assert bm.ensure_capacity(1, 13, prompt)
-    bm.publish(1, prompt, 13)
-    match = bm.match_prefix(prompt)
+    assert bm.ensure_capacity(1, 13, hashes(prompt))
+    bm.publish(1, hashes(prompt), 13)
+    match = bm.match_prefix(*query(prompt))
     assert len(match.block_ids) == 3 and not match.pending
 
 
 def test_expected_hits_count_cached_and_pending_blocks():
     bm = BlockManager(16, BS)
     prompt = list(range(13))
-    bm.acquire(1, bm.match_prefix(prompt))
-    assert bm.ensure_capacity(1, 13, prompt)  # all three full blocks pending
-    assert bm.num_expected_hit_tokens(prompt) == 12
-    bm.publish(1, prompt, 8)  # two cached, the third still pending
-    assert bm.num_expected_hit_tokens(prompt + [99]) == 12
-    assert bm.num_expected_hit_tokens(prompt[:6] + [50] * 8) == 4
-    assert bm.num_expected_hit_tokens([7] * 13) == 0
-    assert bm.match_prefix(prompt + [99]).num_tokens == 8  # what hits today: cached blocks only
+    bm.acquire(1, bm.match_prefix(*query(prompt)))
+    assert bm.ensure_capacity(1, 13, hashes(prompt))  # all three full blocks pending
+    assert bm.num_expected_hit_tokens(*query(prompt)) == 12
+    bm.publish(1, hashes(prompt), 8)  # two cached, the third still pending
+    assert bm.num_expected_hit_tokens(*query(prompt + [99])) == 12
+    assert bm.num_expected_hit_tokens(*query(prompt[:6] + [50] * 8)) == 4
+    assert bm.num_expected_hit_tokens(*query([7] * 13)) == 0
+    assert bm.match_prefix(*query(prompt + [99])).num_tokens == 8  # what hits today: cached blocks only
 
 
 def test_freeing_the_computing_sequence_ends_its_pending_blocks():
     bm = BlockManager(16, BS)
     prompt = list(range(13))
-    bm.acquire(1, bm.match_prefix(prompt))
-    assert bm.ensure_capacity(1, 13, prompt)
-    assert bm.match_prefix(prompt).pending
+    bm.acquire(1, bm.match_prefix(*query(prompt)))
+    assert bm.ensure_capacity(1, 13, hashes(prompt))
+    assert bm.match_prefix(*query(prompt)).pending
     bm.free(1)
-    match = bm.match_prefix(prompt)
+    match = bm.match_prefix(*query(prompt))
     assert not match.pending and not match.block_ids
     assert bm.num_free_blocks == 16
 
@@ -180,11 +186,11 @@ def test_second_copy_of_a_block_stays_out_of_the_cache():
     bm = BlockManager(16, BS)
     prompt = list(range(9))
     for seq_id in (1, 2):  # both compute the prompt: the second did not wait
-        bm.acquire(seq_id, bm.match_prefix([]))
-        assert bm.ensure_capacity(seq_id, 9, prompt)
+        bm.acquire(seq_id, bm.match_prefix(*query([])))
+        assert bm.ensure_capacity(seq_id, 9, hashes(prompt))
     for seq_id in (1, 2):
-        bm.publish(seq_id, prompt, 9)
-    assert bm.match_prefix(prompt).block_ids == bm.block_table(1)[:2]
+        bm.publish(seq_id, hashes(prompt), 9)
+    assert bm.match_prefix(*query(prompt)).block_ids == bm.block_table(1)[:2]
     bm.free(1)
     bm.free(2)
     assert bm.num_cached_blocks == 2 and bm.num_free_blocks == 16
@@ -195,12 +201,12 @@ def test_second_copy_of_a_block_stays_out_of_the_cache():
 
 def test_ensure_capacity_is_all_or_nothing():
     bm = BlockManager(4, BS)
-    assert bm.ensure_capacity(1, 12, [0] * 12)
-    assert not bm.ensure_capacity(2, 8, [1] * 8)
+    assert bm.ensure_capacity(1, 12, hashes([0] * 12))
+    assert not bm.ensure_capacity(2, 8, hashes([1] * 8))
     assert bm.block_table(2) == [] and bm.num_free_blocks == 1
-    assert not bm.ensure_capacity(1, 20, [0] * 20)
+    assert not bm.ensure_capacity(1, 20, hashes([0] * 20))
     assert len(bm.block_table(1)) == 3 and bm.num_free_blocks == 1
-    bm.acquire(2, bm.match_prefix([]))  # the failed call left no state behind
+    bm.acquire(2, bm.match_prefix(*query([])))  # the failed call left no state behind
 
 
 def test_admission_counts_free_hits_and_new_blocks():
@@ -208,7 +214,7 @@ def test_admission_counts_free_hits_and_new_blocks():
     prompt = list(range(9))
     compute(bm, 1, prompt)
     bm.free(1)
-    match = bm.match_prefix(prompt + [1, 2, 3, 4])
+    match = bm.match_prefix(*query(prompt + [1, 2, 3, 4]))
     assert bm.num_blocks_to_admit(match, 13) == 2 + 2
     bm.acquire(2, match)
     assert bm.num_blocks_needed(2, 13) == 2
@@ -219,8 +225,8 @@ def test_acquire_rejects_a_match_whose_blocks_were_evicted():
     bm = BlockManager(2, BS)
     compute(bm, 1, list(range(8)))
     bm.free(1)
-    match = bm.match_prefix(list(range(9)))
-    assert bm.ensure_capacity(2, 8, [5] * 8)
+    match = bm.match_prefix(*query(list(range(9))))
+    assert bm.ensure_capacity(2, 8, hashes([5] * 8))
     with pytest.raises(ValueError):
         bm.acquire(3, match)
 
@@ -230,7 +236,7 @@ def test_acquire_rejects_a_match_whose_blocks_were_evicted():
 
 def test_fresh_pool_gives_a_new_sequence_one_run():
     bm = BlockManager(64, BS)
-    assert bm.ensure_capacity(1, 40, [0] * 40)
+    assert bm.ensure_capacity(1, 40, hashes([0] * 40))
     assert bm.num_runs(1) == 1 and len(bm.block_table(1)) == 10
 
 
@@ -239,10 +245,10 @@ def test_hit_prefix_and_new_blocks_form_one_run():
     prompt = list(range(8))
     compute(bm, 1, prompt)
     bm.free(1)
-    assert bm.ensure_capacity(2, 4, [9] * 4)  # someone else allocates meanwhile
+    assert bm.ensure_capacity(2, 4, hashes([9] * 4))  # someone else allocates meanwhile
     longer = prompt + list(range(20, 40))
-    bm.acquire(3, bm.match_prefix(longer))
-    assert bm.ensure_capacity(3, len(longer), longer)
+    bm.acquire(3, bm.match_prefix(*query(longer)))
+    assert bm.ensure_capacity(3, len(longer), hashes(longer))
     assert bm.num_runs(3) == 1 and len(bm.block_table(3)) == 7
 
 
@@ -250,11 +256,11 @@ def test_concurrent_decoders_grow_in_place():
     bm = BlockManager(256, BS)
     tokens = {seq_id: [seq_id] * 8 for seq_id in range(4)}
     for seq_id, history in tokens.items():
-        assert bm.ensure_capacity(seq_id, len(history), history)
+        assert bm.ensure_capacity(seq_id, len(history), hashes(history))
     for _ in range(60):  # decode steps: every sequence gains one token
         for seq_id, history in tokens.items():
             history.append(seq_id)
-            assert bm.ensure_capacity(seq_id, len(history), history)
+            assert bm.ensure_capacity(seq_id, len(history), hashes(history))
     assert all(bm.num_runs(seq_id) <= 2 for seq_id in tokens)
     assert all(len(bm.block_table(seq_id)) == 17 for seq_id in tokens)
 
@@ -262,14 +268,14 @@ def test_concurrent_decoders_grow_in_place():
 def test_fragmented_pool_allocates_with_the_fewest_runs():
     bm = BlockManager(32, BS)
     for seq_id in range(32):
-        assert bm.ensure_capacity(seq_id, BS, [seq_id] * BS)
+        assert bm.ensure_capacity(seq_id, BS, hashes([seq_id] * BS))
     owner = {bm.block_table(seq_id)[0]: seq_id for seq_id in range(32)}
     holes = [2, 3, 4, 5, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27]  # one hole of 4, five of 2
     for block_id in holes:
         bm.free(owner[block_id])
-    assert bm.ensure_capacity(100, 32, [0] * 32)
+    assert bm.ensure_capacity(100, 32, hashes([0] * 32))
     assert bm.block_table(100)[:4] == [2, 3, 4, 5] and bm.num_runs(100) == 3
-    assert bm.ensure_capacity(101, 24, [1] * 24)
+    assert bm.ensure_capacity(101, 24, hashes([1] * 24))
     assert bm.num_runs(101) == 3 and bm.num_free_blocks == 0
     assert sorted(bm.block_table(100) + bm.block_table(101)) == holes
 
@@ -279,7 +285,7 @@ def test_evicted_blocks_come_back_in_id_order():
     prompt = list(range(32))
     compute(bm, 1, prompt)
     bm.free(1)  # all 8 blocks now cached, queued deepest first
-    assert bm.ensure_capacity(2, 32, [5] * 32)
+    assert bm.ensure_capacity(2, 32, hashes([5] * 32))
     assert bm.num_runs(2) == 1
 
 
@@ -298,7 +304,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.bm = BlockManager(self.num_blocks, BS, cache_key="m")
+        self.bm = BlockManager(self.num_blocks, BS)
         self.seqs: dict[int, dict] = {}  # seq id -> tokens, salt, computed, allocated
         self.kv: dict[int, tuple] = {}  # block id -> (salt, token prefix its KV was computed for)
         self.next_id = 0
@@ -318,12 +324,12 @@ class BlockManagerMachine(RuleBasedStateMachine):
     )
     def admit(self, base, length, tail, salt, chunk):
         tokens = base[:length] + tail
-        match = self.bm.match_prefix(tokens, salt)
+        match = self.bm.match_prefix(*query(tokens, salt))
         self.check_match(match, tokens, salt)
         seq_id, self.next_id = self.next_id, self.next_id + 1
         self.bm.acquire(seq_id, match)
         target = min(len(tokens), match.num_tokens + chunk)
-        if not self.bm.ensure_capacity(seq_id, target, tokens, salt):
+        if not self.bm.ensure_capacity(seq_id, target, hashes(tokens, salt)):
             self.bm.free(seq_id)
             return
         self.seqs[seq_id] = dict(
@@ -340,11 +346,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
             assert self.bm._blocks[table[i]].ref_count == 1  # never write KV into a shared block
             self.kv[table[i]] = (written[0], tuple(written[1][: (i + 1) * BS]))
         seq["computed"] = seq["allocated"]
-        self.bm.publish(seq_id, seq["tokens"], seq["computed"], seq["salt"])
+        self.bm.publish(seq_id, hashes(seq["tokens"], seq["salt"]), seq["computed"])
         if seq["computed"] == len(seq["tokens"]):
             seq["tokens"].append(new_token)  # sampled; its KV is computed next step
         target = min(len(seq["tokens"]), seq["computed"] + seq["chunk"])
-        if self.bm.ensure_capacity(seq_id, target, seq["tokens"], seq["salt"]):
+        if self.bm.ensure_capacity(seq_id, target, hashes(seq["tokens"], seq["salt"])):
             seq["allocated"] = target
         else:  # preempted
             self.free(seq_id)

@@ -9,7 +9,7 @@ import pytest
 
 from engine.sampling_params import SamplingParams
 from scheduler.config import SchedulerConfig
-from scheduler.engine_loop import EngineLoop, RequestRejected, RequestStream, TokenEvent
+from scheduler.engine_loop import EngineLoop, EngineUnavailable, RequestRejected, RequestStream, TokenEvent
 from tests.scheduler.fake_runner import FakeRunner, random_prompt as prompt, reference_tokens
 
 BLOCK = 16
@@ -137,7 +137,7 @@ def test_stop_drains_within_grace_then_aborts_the_rest_and_joins():
         assert (await short)[-1].finish_reason == "length"
         rest = await collect(endless)
         assert rest[-1].finish_reason == "abort" and rest[-1].timings.finish is not None
-        with pytest.raises(RequestRejected, match="shutting down"):
+        with pytest.raises(EngineUnavailable, match="shutting down"):
             engine.submit(prompt(20, 3), greedy(3))
 
     asyncio.run(main())
@@ -199,3 +199,145 @@ def test_a_follow_up_request_reports_its_prefix_hit():
     assert second[0].token_id is None and second[0].finish_reason is None
     assert second[0].cached_tokens == 64 and second[0].prompt_tokens == 73
     assert sum(event.token_id is None for event in second) == 1
+
+
+def test_a_dead_engine_thread_fails_every_open_stream_and_refuses_new_requests():
+    async def main() -> None:
+        engine = make_engine(delay_s=0.002)
+        engine.start()
+        decoding = engine.submit(prompt(20, 1), greedy(2000))
+        await decoding.__anext__()  # accepted
+        await decoding.__anext__()  # a token: it is running
+
+        def broken_add(request) -> None:
+            raise RuntimeError("injected inbox failure")
+
+        engine.scheduler.add_request = broken_add  # fails on the engine thread, outside any step
+        arriving = engine.submit(prompt(20, 2), greedy(3))
+        for stream in (decoding, arriving):
+            events = await asyncio.wait_for(collect(stream), 10)
+            assert events[-1].finish_reason == "error"
+            assert "injected inbox failure" in events[-1].error
+        await wait_until(lambda: not engine._thread.is_alive(), "the thread to end")
+        assert "injected inbox failure" in engine.health()
+        with pytest.raises(EngineUnavailable, match="injected inbox failure"):
+            engine.submit(prompt(20, 3), greedy(3))
+        await asyncio.wait_for(engine.stop(), 10)
+
+    asyncio.run(main())
+
+
+def test_health_reports_a_thread_that_is_not_running():
+    async def main() -> None:
+        engine = make_engine()
+        assert engine.health() == "the engine thread is not running"
+        engine.start()
+        assert engine.health() is None
+        await engine.stop()
+        assert engine.health() == "the engine thread is not running"
+
+    asyncio.run(main())
+
+
+def test_repeated_step_failures_rebuild_the_pool_and_clear_the_prefix_cache(caplog):
+    async def main() -> tuple[EngineLoop, list[TokenEvent], list[int]]:
+        engine = make_engine(max_num_seqs=1)  # one request per step: two failures in a row
+        engine.start()
+        system = prompt(64, 1)
+        await collect(engine.submit(system + prompt(5, 2), greedy(3)))  # fills the prefix cache
+        poisoned = [engine.submit([POISON] + prompt(20, seed), greedy(3)) for seed in (3, 4)]
+        follow_up = system + prompt(9, 5)
+        after = engine.submit(follow_up, greedy(4))
+        for stream in poisoned:
+            assert (await collect(stream))[-1].finish_reason == "error"
+        events = await collect(after)
+        await engine.stop()
+        return engine, events, follow_up
+
+    with caplog.at_level("DEBUG", logger="scheduler"):
+        engine, events, follow_up = asyncio.run(main())
+    assert engine.runner.num_resets == 1 and engine.stats.num_pool_rebuilds == 1
+    assert engine.stats.num_failed_steps == 2
+    assert tokens_of(events) == reference_tokens(follow_up, 4)
+    assert events[-1].cached_tokens == 0  # the cache went with the pool
+    assert engine.stats.num_free_blocks == 128
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # logged once, with its traceback
+    assert sum("rebuilding the KV pool" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("when", ["idle", "right after start", "mid-step"])
+def test_stop_always_reaches_the_thread_and_joins_within_the_timeout(when):
+    async def main() -> None:
+        for attempt in range(20):
+            engine = make_engine(delay_s=0.01 if when == "mid-step" else 0.0)
+            engine.start()
+            if when == "idle":
+                await asyncio.sleep(0.001 * (attempt % 5))
+            elif when == "mid-step":
+                stream = engine.submit(prompt(20, attempt), greedy(1000))
+                await stream.__anext__()
+            await asyncio.wait_for(engine.stop(grace_s=0, join_timeout_s=5), 10)
+            assert not engine._thread.is_alive()
+
+    asyncio.run(main())
+
+
+def test_the_abort_of_a_dropped_stream_only_posts_to_the_inbox():
+    async def main() -> EngineLoop:
+        engine = make_engine(delay_s=0.002)
+        engine.start()
+        stream = engine.submit(prompt(20, 1), greedy(1000))
+        await stream.__anext__()
+        # The finalizer may run on any thread, even the engine's own mid-step: it must not need
+        # a lock the thread holds. Run it on a foreign thread while the loop steps.
+        await asyncio.to_thread(stream._abort_on_drop)
+        await wait_until(lambda: engine.stats.finished.get("abort") == 1, "the abort")
+        await engine.stop()
+        return engine
+
+    engine = asyncio.run(main())
+    assert engine.stats.num_free_blocks == 128
+
+
+def test_every_finish_reaches_on_finish_even_after_the_stream_was_left():
+    async def main() -> list[TokenEvent]:
+        engine = make_engine(delay_s=0.002)
+        engine.start()
+        finished: list[TokenEvent] = []
+        stream = engine.submit(prompt(20, 1), greedy(1000), on_finish=finished.append)
+        await stream.__anext__()
+        await stream.__anext__()
+        engine.abort(stream.request_id, "stop")  # what a stop string does
+        await stream.aclose()
+        await wait_until(lambda: finished, "the final event")
+        await collect(engine.submit(prompt(20, 2), greedy(2), on_finish=finished.append))
+        await engine.stop()
+        return finished
+
+    finished = asyncio.run(main())
+    assert [event.finish_reason for event in finished] == ["stop", "length"]
+    assert all(event.timings.first_token is not None for event in finished)
+
+
+def test_one_step_delivers_its_tokens_in_one_call_per_event_loop():
+    async def main() -> tuple[int, int]:
+        engine = make_engine()
+        loop = asyncio.get_running_loop()
+        calls = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args):
+            nonlocal calls
+            calls += 1
+            return original(*args)
+
+        loop.call_soon_threadsafe = counting
+        streams = [engine.submit(prompt(20, seed), greedy(5)) for seed in range(8)]
+        engine.start()
+        await asyncio.gather(*(collect(s) for s in streams))
+        await engine.stop()
+        return calls, engine.num_steps
+
+    calls, steps = asyncio.run(main())
+    assert calls <= steps + 2  # the acceptance events, one per step, the stop's abort_all
