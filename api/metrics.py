@@ -133,6 +133,10 @@ class _EngineStatsCollector(Collector):
              stats.generation_tokens_total),
             ("vllm:num_preemptions", "Cumulative number of preemptions.",
              stats.num_preempted_total),
+            ("pagedmlx:engine_failed_steps", "Engine steps whose forward pass raised.",
+             stats.num_failed_steps),
+            ("pagedmlx:kv_pool_rebuilds", "KV pool rebuilds after failed steps in a row.",
+             stats.num_pool_rebuilds),
         )
         for family, rows in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
             for name, doc, value in rows:

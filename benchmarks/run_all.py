@@ -30,7 +30,7 @@ SUMMARY = RESULTS_DIR / "summary.md"
 # (module, time limit in seconds of the full run, of the --quick run)
 BENCHMARKS = (
     ("benchmarks.engine_bench", 600, 240),
-    ("benchmarks.scheduler_bench", 300, 120),
+    ("benchmarks.scheduler_bench", 1500, 480),
     ("benchmarks.serve_bench", 600, 420),
     ("benchmarks.prefix_cache_bench", 180, 60),
 )
@@ -172,6 +172,13 @@ def scheduler_table(scheduler: dict) -> list[str]:
         f"{busy['p99_ms'] / itl['alone']['p99_ms']:.1f}x the gap alone; the long prompt's TTFT "
         f"{busy['long_prompt_ttft_s']:.0f} s)",
     ]
+    fair = scheduler.get("fairness")
+    if fair:
+        lines.append(
+            f"- a cold {fair['long_prompt_tokens']}-token prompt's TTFT while three sessions keep sending "
+            f"cached turns and short prompts: {fair['long_busy_s']:.0f} s vs {fair['long_alone_s']:.0f} s "
+            f"alone ({fair['long_ratio']:.2f}x); their cached turns' TTFT p50 "
+            f"{fair['cached_turn']['p50_s']:.1f} s, p99 {fair['cached_turn']['p99_s']:.1f} s")
     return lines
 
 

@@ -1,7 +1,8 @@
 """What the scheduler and engine loop cost, and what the prefix cache and the step budget buy (no HTTP).
 
 - decode: aggregate decode tok/s through EngineLoop at 1, 4, 16, 32 concurrent requests, beside the raw
-  batched forward (runner.step on the same batch, no scheduler) in the same run; target >= 85% at 16.
+  batched forward (runner.step on the same batch, no scheduler) in the same run, in --repeats pairs
+  (medians), with the engine loop's host time per step (its step minus runner.step); target >= 1.0x.
 - ttft: time to first token of a request whose long prefix is cached vs the same request cold;
   target <= 10%.
 - itl: inter-token latency p99 of 8 decoding streams while a cold long prompt is prefilled, vs the same
@@ -211,12 +212,13 @@ class HostTime:
                 times.append(time.perf_counter() - start)
         return timed
 
-    def take_ms(self) -> float:
-        """Median host ms per step since the last call."""
+    def take_ms(self) -> tuple[float, float]:
+        """Median host ms and runner.step ms per step since the last call."""
         host = [a - b for a, b in zip(self.step_s, self.runner_s)]
+        runner = list(self.runner_s)
         self.step_s.clear()
         self.runner_s.clear()
-        return percentile(host, 50) * 1000 if host else 0.0
+        return ((percentile(host, 50) * 1000, percentile(runner, 50) * 1000) if host else (0.0, 0.0))
 
 
 PHASES = ("decode", "ttft", "itl", "fairness")
@@ -226,6 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and shorter long prompts")
     parser.add_argument("--only", choices=PHASES, help="run one phase (the results file keeps the others)")
+    parser.add_argument("--repeats", type=int, default=3, help="decode: raw/scheduler pairs per batch size")
     args = parser.parse_args()
     ensure_blas_preloaded()
 
@@ -255,11 +258,19 @@ def main() -> None:
             prompts = [random_prompt(rng, PROMPT_LEN, vocab) for _ in range(concurrency)]
             # Side by side, so both see the same machine. The raw run blocks this thread while the
             # engine thread is idle (its requests have all finished): the two never run MLX at once.
-            raw = raw_decode_tok_s(raw_runner, prompts, decode_steps)
-            host.take_ms()
-            ours = await scheduler_decode_tok_s(engine, prompts, decode_steps)
-            row = {"concurrency": concurrency, "scheduler_tok_s": ours, "raw_tok_s": raw,
-                   "ratio": ours / raw, "host_ms_per_step": host.take_ms()}
+            # Repeated in pairs: the machine's noise is larger than the difference measured.
+            raws, ours, hosts = [], [], []
+            for _ in range(args.repeats):
+                raws.append(raw_decode_tok_s(raw_runner, prompts, decode_steps))
+                host.take_ms()
+                ours.append(await scheduler_decode_tok_s(engine, prompts, decode_steps))
+                hosts.append(host.take_ms())
+                print(f"  raw step {concurrency / raws[-1] * 1000:.1f} ms, engine runner.step "
+                      f"{hosts[-1][1]:.1f} ms, host {hosts[-1][0]:.2f} ms", flush=True)
+            row = {"concurrency": concurrency, "scheduler_tok_s": percentile(ours, 50),
+                   "raw_tok_s": percentile(raws, 50),
+                   "ratio": percentile([a / b for a, b in zip(ours, raws)], 50),
+                   "host_ms_per_step": percentile([h for h, _ in hosts], 50), "repeats": args.repeats}
             rows.append(row)
             print(json.dumps(row), flush=True)
         return rows
@@ -296,7 +307,8 @@ def main() -> None:
 
     asyncio.run(run_engine_phases())
     targets = {
-        "decode_ratio_at_16": ("decode", lambda r: r[2]["ratio"], ">= 0.85"),
+        "decode_ratio_at_16": ("decode", lambda r: r[2]["ratio"], ">= 1.0"),
+        "decode_ratio_at_32": ("decode", lambda r: r[3]["ratio"], ">= 1.0"),
         "ttft_cached_over_cold": ("ttft", lambda r: r["ratio"], "<= 0.10"),
         "itl_p99_over_step_target": ("itl", lambda r: r["p99_over_target"], "<= 2.0"),
         "long_prompt_busy_over_alone": ("fairness", lambda r: r["long_ratio"], "<= 2.5"),

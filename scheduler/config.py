@@ -13,17 +13,13 @@ class SchedulerConfig:
     # Target wall time of one step. Prefill chunks shrink as their context grows to stay under it, so
     # running streams get a token at least this often (a step always moves one prefill by a block).
     max_step_ms: float = 750.0
-    # A prefill with more uncached tokens than this is "long": shorter or mostly cached prompts go
-    # ahead of it, so a cold 20k-token prompt does not hold up a turn that is nearly all cache hits.
-    long_prefill_token_threshold: int = 2048
     # Share of each step's spare prefill budget guaranteed to the oldest prefill (aging), so that steady
     # short traffic cannot starve a long prompt: its time to first token stays near 1 / share of alone.
     oldest_prefill_share: float = 0.5
     cache_key: str = ""  # the model's identity in block hashes
 
     def __post_init__(self) -> None:
-        for name in ("num_blocks", "block_size", "max_model_len", "max_num_seqs", "max_step_ms",
-                     "long_prefill_token_threshold"):
+        for name in ("num_blocks", "block_size", "max_model_len", "max_num_seqs", "max_step_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SchedulerConfig.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 < self.oldest_prefill_share <= 1.0:

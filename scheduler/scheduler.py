@@ -10,7 +10,8 @@ step's token and time budgets leave:
 - the rest goes by fair queuing between sessions (clients): the session that has had the least
   prefill time (estimated ms) since it last had nothing to prefill goes next, one chunk at a time,
   so one client's cold prompt or stream of small requests cannot hold up another's nearly free
-  cached turn. Within a session, short or mostly cached prompts go first, then arrival order.
+  cached turn. Between sessions served alike, and within a session, the cheapest remaining
+  prefill goes first (short or mostly cached prompts), then arrival order.
 Chunks end on block boundaries and shrink as their context grows so the estimated step stays under
 max_step_ms. A waiting request whose next prefix block is being computed by another request waits
 for it (others pass it) and then hits the cache.
@@ -70,7 +71,7 @@ class _Candidate:
 
     request: Request
     start: int  # tokens it has computed (for a waiting one, its prefix hits)
-    long: bool
+    cost_ms: float  # estimated time of its whole remaining prefill, alone
     pending: bool  # waiting on a prefix block another request is computing
 
     @property
@@ -78,8 +79,8 @@ class _Candidate:
         return self.request.num_tokens - self.start
 
     @property
-    def rank(self) -> tuple[bool, int]:
-        return self.long, self.request.seq_id
+    def rank(self) -> tuple[float, int]:
+        return self.cost_ms, self.request.seq_id
 
 
 class Scheduler:
@@ -248,19 +249,21 @@ class Scheduler:
         self._share_fairly(others, out, full)
 
     def _prefill_candidates(self, out: SchedulerOutput) -> list[_Candidate]:
-        threshold = self.config.long_prefill_token_threshold
         candidates = []
         for request in self.running:
             if request.num_uncomputed_tokens > 1 and request.seq_id not in out.touched:
-                long = request.num_uncomputed_tokens > threshold
-                candidates.append(_Candidate(request, request.num_computed_tokens, long, False))
+                candidates.append(self._candidate(request, request.num_computed_tokens, False))
         for request in self.waiting:
             if request.seq_id not in out.touched:
                 match = self._match(request)
-                long = request.num_tokens - match.num_tokens > threshold
-                candidates.append(_Candidate(request, match.num_tokens, long, match.pending))
+                candidates.append(self._candidate(request, match.num_tokens, match.pending))
         candidates.sort(key=lambda c: c.request.seq_id)
         return candidates
+
+    def _candidate(self, request: Request, start: int, pending: bool) -> _Candidate:
+        shape = StepShape()
+        shape.add(start, request.num_tokens - start)
+        return _Candidate(request, start, self.cost_model.estimate_ms(shape), pending)
 
     def _track_sessions(self, candidates: list[_Candidate]) -> None:
         """A session with nothing to prefill is forgotten; one that comes back starts level with
@@ -277,14 +280,14 @@ class Scheduler:
         queues: dict[str, deque[_Candidate]] = defaultdict(deque)
         for candidate in sorted(candidates, key=lambda c: c.rank):
             queues[candidate.request.session].append(candidate)
-        heap = [(self._served[session], queue[0].rank, session) for session, queue in queues.items()]
+        heap = [(self._served[session], *queue[0].rank, session) for session, queue in queues.items()]
         heapq.heapify(heap)
         while heap and self._has_room(out, limits):
-            _, _, session = heapq.heappop(heap)
+            *_, session = heapq.heappop(heap)
             queue = queues[session]
             self._schedule_prefill(queue.popleft(), out, limits)
             if queue:
-                heapq.heappush(heap, (self._served[session], queue[0].rank, session))
+                heapq.heappush(heap, (self._served[session], *queue[0].rank, session))
 
     def _has_room(self, out: SchedulerOutput, limits: _Limits) -> bool:
         return (out.shape.num_tokens < limits.tokens

@@ -61,6 +61,8 @@ def test_a_failing_step_fails_only_its_request_and_the_next_one_succeeds(tmp_pat
         assert "injected step failure" in failed.json()["error"]["message"]
         assert request(live.port, "POST", CHAT, SHORT).status == 200
         assert request(live.port, "GET", "/health").status == 200
+        assert live.metric("pagedmlx:engine_failed_steps_total") == 1
+        assert live.metric("pagedmlx:kv_pool_rebuilds_total") == 0
         assert live.wait_until_idle()["kv_cache_free_blocks"] == live.get_json("/health")["kv_cache_blocks"]
     finally:
         live.stop()

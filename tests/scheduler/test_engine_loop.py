@@ -341,3 +341,17 @@ def test_one_step_delivers_its_tokens_in_one_call_per_event_loop():
 
     calls, steps = asyncio.run(main())
     assert calls <= steps + 2  # the acceptance events, one per step, the stop's abort_all
+
+
+def test_submit_hands_the_session_to_the_scheduler():
+    async def main() -> None:
+        engine = make_engine(delay_s=0.002)
+        engine.start()
+        stream = engine.submit(prompt(20, 1), greedy(1000), session="claude-code:abc")
+        await stream.__anext__()
+        await wait_until(lambda: [r.session for r in engine.scheduler.running] == ["claude-code:abc"],
+                         "the request to run under its session")
+        await stream.aclose()
+        await engine.stop()
+
+    asyncio.run(main())

@@ -129,9 +129,9 @@ def test_preemption_in_a_tiny_pool_completes_every_request_with_the_same_tokens(
     assert_all_blocks_free(scheduler)
 
 
-@pytest.mark.parametrize("prompt_len", [40, 300])  # short prompts, and prompts longer than the threshold
+@pytest.mark.parametrize("prompt_len", [40, 300])  # prompts of one step, and of several chunks
 def test_admission_is_first_come_first_served(prompt_len):
-    scheduler, runner = make(max_num_seqs=2, max_num_batched_tokens=128, long_prefill_token_threshold=64)
+    scheduler, runner = make(max_num_seqs=2, max_num_batched_tokens=128)
     requests = [submit(scheduler, prompt(prompt_len, seed), max_tokens=3) for seed in range(6)]
     first_step = {}
     for index, out in enumerate(run_until_done(scheduler, runner)):
@@ -272,6 +272,25 @@ def test_a_cached_turn_of_another_session_is_not_held_up_by_a_busy_session():
     run_until_done(scheduler, runner)
     assert turn.output_token_ids == reference_tokens(turn.token_ids[: turn.num_prompt_tokens], 4)
     assert_all_blocks_free(scheduler)
+
+
+def test_between_sessions_served_alike_the_cheaper_prefill_goes_first():
+    scheduler, runner = make(num_blocks=4096)
+    system = prompt(1000, 1)
+    submit(scheduler, system, max_tokens=1)
+    run_until_done(scheduler, runner)
+
+    def add(tokens: list[int], session: str) -> Request:
+        request = scheduler.new_request(tokens, SamplingParams(max_tokens=1, temperature=0.0),
+                                        session=session)
+        scheduler.add_request(request)
+        return request
+
+    add(prompt(6000, 2), "long")  # the oldest: its guaranteed share
+    cold = add(prompt(350, 3), "a")  # earlier, but a whole step's worth of prefill
+    turn = add(system + prompt(40, 4), "b")  # later, and nearly all cached
+    step(scheduler, runner)
+    assert turn.is_finished and not cold.is_finished
 
 
 def test_sessions_share_the_prefill_budget_evenly():
