@@ -66,6 +66,7 @@ class Submission:
     prompts: list[list[int]]
     choices: list[Choice]
     headers: dict[str, str]     # response headers (the max_tokens clamp)
+    session: str                # the client (api.sessions)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]]
         for choice in submitted:
             ctx.engine.abort(choice.request_id)
         raise
-    return Submission(request_id, prompts, choices, headers)
+    return Submission(request_id, prompts, choices, headers, session)
 
 
 async def merged_deltas(choices: list[Choice],

@@ -49,9 +49,10 @@ async def respond(request: web.Request, ctx: ServerContext, submission: Submissi
         _count_tool_calls(ctx, submission)
         figures = usage(submission)
         ttft = submission.choices[0].ttft_s
-        log.info("%s: %d prompt tokens (%d cached), %d generated, first token after %s",
-                 submission.request_id, figures.prompt_tokens, figures.cached_tokens,
-                 figures.completion_tokens, "-" if ttft is None else f"{ttft:.2f} s")
+        log.info("%s: %d prompt tokens (%d cached), %d generated, first token after %s, "
+                 "session %s", submission.request_id, figures.prompt_tokens, figures.cached_tokens,
+                 figures.completion_tokens, "-" if ttft is None else f"{ttft:.2f} s",
+                 submission.session or "anonymous")
 
 
 async def _collect(submission: Submission) -> list[ChoiceResult]:
