@@ -237,14 +237,13 @@ class Scheduler:
         oldest, others = ready[0], ready[1:]  # ready is by seq_id
         # The oldest goes first (so it also takes its seat and announces its blocks first), leaving
         # what the others would use, up to 1 - oldest_prefill_share of the step's spare budget.
-        demand = StepShape()
-        for candidate in others:
-            demand.add(candidate.start, candidate.uncached)
         others_share = 1.0 - self.config.oldest_prefill_share
         spare_tokens = full.tokens - out.shape.num_tokens
         spare_ms = max(full.ms - self.cost_model.estimate_ms(out.shape), 0.0)
-        left = _Limits(full.tokens - min(demand.num_tokens, int(others_share * spare_tokens)),
-                       full.ms - min(self.cost_model.estimate_ms(demand), others_share * spare_ms))
+        demand_tokens = sum(c.uncached for c in others)
+        demand_ms = sum(c.cost_ms for c in others)
+        left = _Limits(full.tokens - min(demand_tokens, int(others_share * spare_tokens)),
+                       full.ms - min(demand_ms, others_share * spare_ms))
         self._schedule_prefill(oldest, out, left, guaranteed=True)
         self._share_fairly(others, out, full)
 
