@@ -167,29 +167,35 @@ class EngineLoop:
             self._serve()
             for request in self.scheduler.abort_all():
                 self._emit(request, None)
-            self._flush()
+            self._publish()
         except Exception as error:
             log.exception("the engine thread failed; failing every open request")
             self._die(f"{type(error).__name__}: {error}")
-        self._stats = self._snapshot()
+            self._stats = self._snapshot()
 
     def _serve(self) -> None:
-        """Until the stop message: block for messages when idle, step when there is work."""
+        """Until the stop message: block for messages when idle, step when there is work; after
+        each, the events go out and the stats are taken."""
         timeout: float | None = None
-        while self._apply_inbox(timeout):
+        while True:
+            running = self._apply_inbox(timeout)
+            self._publish()
+            if not running:
+                return
             if not self.scheduler.has_work:
                 timeout = None
                 continue
             timeout = 0 if self._step_guarded() else STALL_WAIT_S
+            self._publish()
 
     def _apply_inbox(self, timeout: float | None) -> bool:
         """Apply every message, waiting up to timeout (None: forever) for the first; False on stop."""
         try:
-            message = self._inbox.get(timeout=timeout) if timeout != 0 else self._inbox.get_nowait()
+            first = self._inbox.get(timeout=timeout) if timeout != 0 else self._inbox.get_nowait()
         except queue.Empty:
             return True
         running = True
-        while True:
+        for message in (first, *self._drain_inbox()):
             if message[0] == "add":
                 self._add(message[1])
             elif message[0] == "abort":
@@ -198,13 +204,16 @@ class EngineLoop:
                     self._emit(request, None)
             else:
                 running = False
-            try:
-                message = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-        self._flush()
-        self._stats = self._snapshot()
         return running
+
+    def _drain_inbox(self) -> list[tuple]:
+        """The messages waiting now, without blocking."""
+        messages = []
+        while True:
+            try:
+                messages.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return messages
 
     def _add(self, subscriber: Subscriber) -> None:
         request = subscriber.request
@@ -223,7 +232,6 @@ class EngineLoop:
             log.exception("the scheduler failed; aborting every request")
             for request in self.scheduler.abort_all(FinishReason.ERROR, "internal scheduler error"):
                 self._emit(request, None)
-            self._flush()
             return True
 
     def _step(self) -> bool:
@@ -243,8 +251,6 @@ class EngineLoop:
         self.num_steps += 1
         for request, output in self.scheduler.update(out, outputs, step_ms):
             self._emit(request, output)
-        self._flush()
-        self._stats = self._snapshot()
         return True
 
     def _step_failed(self, out: SchedulerOutput, error: Exception) -> None:
@@ -254,8 +260,6 @@ class EngineLoop:
         if self._failures.failed(error, len(out.requests)):
             self.scheduler.recompute_all()
             self.runner.reset_pool()
-        self._flush()
-        self._stats = self._snapshot()
 
     def _emit(self, request: Request, output: TokenOutput | None,
               cached_tokens: int | None = None) -> None:
@@ -278,9 +282,11 @@ class EngineLoop:
                 self._live.discard(request.request_id)
             self.runner.release(request.seq_id)
 
-    def _flush(self) -> None:
+    def _publish(self) -> None:
+        """Send the events emitted since the last call; take the stats."""
         for request in self._outbox.flush():
             self.abort(request.request_id)
+        self._stats = self._snapshot()
 
     def _die(self, reason: str) -> None:
         """Fail every request the thread knows of, or that is still in the inbox, and refuse more."""
@@ -289,13 +295,7 @@ class EngineLoop:
         error = f"the engine stopped: {reason}"
         now = time.monotonic()
         subscribers = list(self._subscribers.values())
-        while True:
-            try:
-                message = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if message[0] == "add":
-                subscribers.append(message[1])
+        subscribers += [message[1] for message in self._drain_inbox() if message[0] == "add"]
         self._subscribers = {s.request.seq_id: s for s in subscribers}
         for subscriber in subscribers:
             subscriber.request.finish(FinishReason.ERROR, now, error)

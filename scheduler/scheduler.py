@@ -38,7 +38,6 @@ class SchedulerOutput:
     seqs: list[SeqStep] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)  # requests[i] runs seqs[i]
     shape: StepShape = field(default_factory=StepShape)
-    preempted: list[Request] = field(default_factory=list)
     num_prefill_rows: int = 0
     estimated_ms: float = 0.0
     touched: set[int] = field(default_factory=set)  # seq ids scheduled or preempted in this step
@@ -386,7 +385,6 @@ class Scheduler:
         request.num_computed_tokens = 0
         bisect.insort(self.waiting, request, key=_seq_id)
         self.counters.num_preempted += 1
-        out.preempted.append(request)
         out.touched.add(request.seq_id)
 
     def _add_row(self, out: SchedulerOutput, request: Request, length: int) -> None:
