@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from api.context import ServerContext
 from api.deltas import ChoiceDelta, TokenLogprob
-from api.detokenizer import IncrementalDetokenizer
+from api.detokenizer import incremental_detokenizer
 from api.errors import APIError, bad_request
 from api.text_stages import TextStages
 from engine.sampling_params import SamplingParams
@@ -28,7 +28,7 @@ class Choice:
         self._sampling = sampling
         self._session = session
         self._stop_token_ids = set(sampling.stop_token_ids)
-        self._detokenizer = IncrementalDetokenizer(ctx.tokenizer, prompt_ids)
+        self._detokenizer = incremental_detokenizer(ctx.tokenizer, prompt_ids)
         self._stream: RequestStream | None = None
 
     def submit(self) -> None:

@@ -99,17 +99,10 @@ class StreamDetokenizer:
         return _held_text(self._tokenizer, list(self._settled), self._held)
 
 
-class IncrementalDetokenizer:
+def incremental_detokenizer(tokenizer: Any, prompt_token_ids: Sequence[int] = ()
+                            ) -> StreamDetokenizer | WindowDetokenizer:
     """add() each output token for the newly completed text (possibly empty); flush() at the
     end for what was still held back."""
-
-    def __init__(self, tokenizer: Any, prompt_token_ids: Sequence[int] = ()) -> None:
-        fast = isinstance(getattr(tokenizer, "backend_tokenizer", None), Tokenizer)
-        kind = StreamDetokenizer if fast else WindowDetokenizer
-        self._detokenizer = kind(tokenizer, prompt_token_ids)
-
-    def add(self, token_id: int) -> str:
-        return self._detokenizer.add(token_id)
-
-    def flush(self) -> str:
-        return self._detokenizer.flush()
+    fast = isinstance(getattr(tokenizer, "backend_tokenizer", None), Tokenizer)
+    kind = StreamDetokenizer if fast else WindowDetokenizer
+    return kind(tokenizer, prompt_token_ids)

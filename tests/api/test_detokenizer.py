@@ -1,7 +1,7 @@
 import pytest
 from sentencepiece_tokenizer import sentencepiece_tokenizer
 
-from api.detokenizer import IncrementalDetokenizer, StreamDetokenizer, WindowDetokenizer
+from api.detokenizer import StreamDetokenizer, WindowDetokenizer, incremental_detokenizer
 from engine.model_loader import LoadedModel
 
 TEXTS = [
@@ -95,7 +95,7 @@ def test_fast_tokenizers_get_the_stream(tokenizer):
         def decode(self, ids: list[int], **kwargs) -> str:
             return "x" * len(ids)
 
-    assert isinstance(IncrementalDetokenizer(tokenizer)._detokenizer, StreamDetokenizer)
-    slow = IncrementalDetokenizer(SlowTokenizer(), [1, 2])
-    assert isinstance(slow._detokenizer, WindowDetokenizer)
+    assert isinstance(incremental_detokenizer(tokenizer), StreamDetokenizer)
+    slow = incremental_detokenizer(SlowTokenizer(), [1, 2])
+    assert isinstance(slow, WindowDetokenizer)
     assert slow.add(3) + slow.flush() == "x"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from api.context import ServerContext
-from api.detokenizer import IncrementalDetokenizer
+from api.detokenizer import incremental_detokenizer
 from api.settings import Settings
 from engine.model_loader import LoadedModel
 
@@ -35,7 +35,7 @@ def test_encoding_off_the_loop_while_the_loop_decodes(ctx: ServerContext):
     ids = ctx.tokenizer.encode(TEXT)
 
     def stream() -> str:
-        detokenizer = IncrementalDetokenizer(ctx.tokenizer, ids[:5])
+        detokenizer = incremental_detokenizer(ctx.tokenizer, ids[:5])
         return "".join(map(detokenizer.add, ids[5:200])) + detokenizer.flush()
 
     def encode_rounds(tokenizer) -> list[int]:
