@@ -17,22 +17,22 @@ from api.anthropic.count_tokens import count_tokens
 from api.anthropic.messages import messages
 from api.context import CONTEXT, ServerContext
 from api.errors import APIError, json_response
-from api.metrics import metrics_endpoint
+from api.metrics import http_metrics_middleware, metrics_endpoint
 from api.models import health, list_models, retrieve_model, root, version
 from api.openai import errors as openai_errors
 from api.openai.chat import chat_completions
 from api.openai.completions import completions
-from api.sessions import supplied_api_key
+from api.sessions import protocol_of, supplied_api_key
 
 log = logging.getLogger("pagedmlx.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MB = 1024 * 1024
-ANTHROPIC_PREFIX = "/v1/messages"
 
 
 def create_app(ctx: ServerContext) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, lifecycle_middleware, auth_middleware],
+        middlewares=[http_metrics_middleware, error_middleware, lifecycle_middleware,
+                     auth_middleware],
         client_max_size=int(ctx.settings.max_body_mb * MB),
     )
     app[CONTEXT] = ctx
@@ -51,8 +51,7 @@ def create_app(ctx: ServerContext) -> web.Application:
 
 def error_response(request: web.Request, error: APIError) -> web.Response:
     ctx = request.app[CONTEXT]
-    ctx.metrics.count_http_error(error.status)
-    if request.path.startswith(ANTHROPIC_PREFIX):
+    if protocol_of(request.path) == "anthropic":
         body: dict[str, Any] = anthropic_errors.error_body(error, ctx.claude_token_scale)
     else:
         body = openai_errors.error_body(error)

@@ -8,14 +8,16 @@ from api.context import ServerContext
 from api.deltas import ChoiceDelta, TokenLogprob
 from api.detokenizer import incremental_detokenizer
 from api.errors import APIError, bad_request
+from api.sessions import Origin
 from api.text_stages import TextStages
 from engine.sampling_params import SamplingParams
-from scheduler.engine_loop import EngineUnavailable, RequestRejected, RequestStream, TokenEvent
+from scheduler.engine_loop import (AbortCause, EngineUnavailable, RequestRejected, RequestStream,
+                                   TokenEvent)
 
 
 class Choice:
     def __init__(self, ctx: ServerContext, index: int, request_id: str, prompt_ids: list[int],
-                 sampling: SamplingParams, stages: TextStages, session: str = "") -> None:
+                 sampling: SamplingParams, stages: TextStages, origin: Origin) -> None:
         self.index = index
         self.request_id = request_id
         self.cached_tokens = 0
@@ -26,7 +28,7 @@ class Choice:
         self._ctx = ctx
         self._prompt_ids = prompt_ids
         self._sampling = sampling
-        self._session = session
+        self._origin = origin
         self._stop_token_ids = set(sampling.stop_token_ids)
         self._detokenizer = incremental_detokenizer(ctx.tokenizer, prompt_ids)
         self._stream: RequestStream | None = None
@@ -36,7 +38,7 @@ class Choice:
         try:
             self._stream = self._ctx.engine.submit(
                 self._prompt_ids, self._sampling, request_id=self.request_id,
-                session=self._session, on_finish=self._observe_finish)
+                session=self._origin.session, on_finish=self._observe_finish)
         except RequestRejected as error:
             raise bad_request(str(error), code="request_rejected") from None
         except EngineUnavailable as error:
@@ -57,7 +59,7 @@ class Choice:
             if event.token_id is not None:
                 now = time.monotonic()
                 if last_token_at is not None:
-                    self._ctx.metrics.observe_inter_token(now - last_token_at)
+                    self._ctx.metrics.requests.observe_inter_token(now - last_token_at)
                 last_token_at = now
                 self.output_tokens += 1
                 if event.token_id not in self._stop_token_ids:
@@ -67,7 +69,7 @@ class Choice:
                         event.token_id, event.logprob, event.top_logprobs or []))
             delta.parts, stopped = self.stages.feed(text)
             if stopped:
-                self._ctx.engine.abort(self.request_id, "stop")
+                self._ctx.engine.abort(self.request_id, "stop", AbortCause.STOP_STRING)
                 delta.parts += self.stages.finish(stopped=True)
                 yield self._finished(delta, "stop")
                 return
@@ -104,4 +106,5 @@ class Choice:
 
     def _observe_finish(self, event: TokenEvent) -> None:
         """Every finish, a stop string's too (its final event comes after the stream was left)."""
-        self._ctx.metrics.observe_finished(event.timings, event.prompt_tokens, event.output_tokens)
+        self._ctx.metrics.requests.observe_finished(
+            event, self._sampling.max_tokens, self._origin.protocol)

@@ -9,8 +9,10 @@ from api.choice import Choice
 from api.context import ServerContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, bad_request
+from api.sessions import Origin
 from api.text_stages import TextStages
 from engine.sampling_params import SamplingParams
+from scheduler.request import AbortCause
 
 CLAMP_HEADER = "x-pagedmlx-max-tokens-clamped"
 
@@ -66,7 +68,7 @@ class Submission:
     prompts: list[list[int]]
     choices: list[Choice]
     headers: dict[str, str]     # response headers (the max_tokens clamp)
-    session: str                # the client (api.sessions)
+    origin: Origin
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,10 @@ class Usage:
 
 def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]],
                    params: GenerationParams, prompt_param: str,
-                   make_stages: Callable[[], TextStages], session: str,
+                   make_stages: Callable[[], TextStages], origin: Origin,
                    constraints: Sequence[object] | None = None) -> Submission:
-    """n choices per prompt (index = prompt * n + i), submitted to the engine. session: the
-    client (api.sessions); constraints: one per choice (compiled grammars), or None."""
+    """n choices per prompt (index = prompt * n + i), submitted to the engine. constraints: one
+    per choice (compiled grammars), or None."""
     headers: dict[str, str] = {}
     stop_ids = () if params.ignore_eos else ctx.eos_token_ids
     choices = []
@@ -99,7 +101,7 @@ def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]]
             choices.append(Choice(
                 ctx, len(choices), f"{request_id}-{len(choices)}", prompt_ids,
                 dataclasses.replace(sampling, seed=seed, constraint=constraint), make_stages(),
-                session))
+                origin))
     submitted = []
     try:
         for choice in choices:
@@ -107,9 +109,11 @@ def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]]
             submitted.append(choice)
     except APIError:
         for choice in submitted:
-            ctx.engine.abort(choice.request_id)
+            ctx.engine.abort(choice.request_id, cause=AbortCause.REJECTED)
         raise
-    return Submission(request_id, prompts, choices, headers, session)
+    ctx.metrics.sessions.touch(origin.session)
+    ctx.metrics.requests.observe_submitted(params.n)
+    return Submission(request_id, prompts, choices, headers, origin)
 
 
 async def merged_deltas(choices: list[Choice],

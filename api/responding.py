@@ -52,7 +52,7 @@ async def respond(request: web.Request, ctx: ServerContext, submission: Submissi
         log.info("%s: %d prompt tokens (%d cached), %d generated, first token after %s, "
                  "session %s", submission.request_id, figures.prompt_tokens, figures.cached_tokens,
                  figures.completion_tokens, "-" if ttft is None else f"{ttft:.2f} s",
-                 submission.session or "anonymous")
+                 submission.origin.session or "anonymous")
 
 
 async def _collect(submission: Submission) -> list[ChoiceResult]:

@@ -49,7 +49,8 @@ def serve(settings: Settings) -> int:
     except KeyboardInterrupt:
         return 130
     model_name = settings.served_model_name or loaded.model_id
-    engine = EngineLoop(runner, config, model_name, fault=fault)
+    metrics = Metrics(model_name, config.context_limit, lambda: engine.stats)
+    engine = EngineLoop(runner, config, model_name, fault=fault, step_observer=metrics.observe_step)
     tokenizer = loaded.tokenizer
     encode_tokenizer = copy.deepcopy(tokenizer)  # the tokenize thread's own (see ServerContext)
     template, vocab = getattr(tokenizer, "chat_template", None), tokenizer.get_vocab()
@@ -61,7 +62,7 @@ def serve(settings: Settings) -> int:
         model_name=model_name,
         max_model_len=config.context_limit,
         eos_token_ids=loaded.eos_token_ids,
-        metrics=Metrics(model_name, config.context_limit, lambda: engine.stats),
+        metrics=metrics,
         block_size=config.block_size,
         tool_parser_name=(choose_parser_name(template, vocab)
                           if settings.tool_call_parser == "auto" else settings.tool_call_parser),

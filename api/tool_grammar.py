@@ -99,8 +99,13 @@ def _tool_rules(functions: list[dict[str, Any]], arguments_key: str) -> list[str
 
 
 def _call_schema(function: dict[str, Any], arguments_key: str) -> dict[str, Any]:
-    """{"name": <const>, arguments_key: <parameters>}, both required, nothing else."""
+    """{"name": <const>, arguments_key: <parameters>}, both required, nothing else; the
+    parameters' own properties only, unless their schema allows more."""
     parameters = function.get("parameters") or {"type": "object"}
+    if parameters.get("type") == "object" and "additionalProperties" not in parameters:
+        # As in OpenAI's strict mode: an argument the tool does not declare is one its client
+        # cannot use, and a small model would pad calls with made-up ones up to max_tokens.
+        parameters = {**parameters, "additionalProperties": False}
     pointer = "#/properties/" + arguments_key.replace("~", "~0").replace("/", "~1")
     return {
         "type": "object",

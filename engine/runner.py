@@ -71,7 +71,7 @@ class ModelRunner:
         check_paged_dispatch(self.model)
         self._body, self._head = split_head(self.model)
         self.sampler = Sampler()
-        self.last_step_runs = 0.0
+        self.last_step_runs: list[int] = []  # contiguous block runs of each sequence, last step
 
     @staticmethod
     def blocks_for_budget(loaded: LoadedModel, kv_cache_gb: float | None, block_size: int) -> int:
@@ -95,7 +95,7 @@ class ModelRunner:
         for i in chunks:
             last_rows.append(self._forward([seqs[i]])[:, -1, :])
         row_of = {seq_index: row for row, seq_index in enumerate(decodes + chunks)}
-        self.last_step_runs = sum(count_runs(seq.block_table) for seq in seqs) / len(seqs)
+        self.last_step_runs = [count_runs(seq.block_table) for seq in seqs]
 
         sampled = [i for i, seq in enumerate(seqs) if seq.sample]
         if not sampled:

@@ -81,7 +81,13 @@ class BlockManager:
 
     @property
     def num_free_blocks(self) -> int:
+        """Blocks no sequence holds: never written or evicted, plus cached ones kept for reuse."""
         return self._num_hashless_free + len(self._lru)
+
+    @property
+    def num_reusable_blocks(self) -> int:
+        """Free blocks that still hold a cached prefix (evicted least recently used first)."""
+        return len(self._lru)
 
     @property
     def usage(self) -> float:

@@ -18,7 +18,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.sampling_params import SamplingParams
@@ -26,14 +27,15 @@ from engine.step_types import TokenOutput
 from scheduler.config import SchedulerConfig
 from scheduler.failure_streak import FailureStreak
 from scheduler.faults import FaultPlan
-from scheduler.request import FinishReason, Request, RequestRejected
+from scheduler.request import AbortCause, FinishReason, Request, RequestRejected
 from scheduler.scheduler import Scheduler, SchedulerOutput
+from scheduler.step_report import StepObserver, StepReport
 from scheduler.token_events import FinishCallback, Outbox, RequestStream, Subscriber, TokenEvent
 
 if TYPE_CHECKING:  # the runner brings MLX; this module must import without it
     from engine.runner import ModelRunner
 
-__all__ = ["EngineLoop", "EngineStats", "EngineUnavailable", "RequestRejected", "RequestStream",
+__all__ = ["AbortCause", "EngineLoop", "EngineStats", "EngineUnavailable", "RequestRejected", "RequestStream",
            "TokenEvent"]
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,15 @@ class EngineStats:
     num_waiting: int
     num_preempted_total: int
     kv_usage: float
-    num_free_blocks: int
+    num_free_blocks: int  # reusable ones included
+    num_reusable_blocks: int  # free, still holding a cached prefix
     num_blocks: int
     prefix_queries_tokens: int
     prefix_hits_tokens: int
     prompt_tokens_total: int
     generation_tokens_total: int
     finished: dict[str, int]
-    mean_runs_per_seq: float
+    aborts: dict[str, int] = field(default_factory=dict)  # AbortCause value -> requests
     num_steps: int = 0
     num_failed_steps: int = 0
     num_pool_rebuilds: int = 0
@@ -67,8 +70,9 @@ class EngineStats:
 
 class EngineLoop:
     def __init__(self, runner: "ModelRunner", config: SchedulerConfig, model_name: str,
-                 fault: FaultPlan | None = None) -> None:
-        """fault: a failure to inject, for tests (scheduler/faults.py)."""
+                 fault: FaultPlan | None = None, step_observer: StepObserver | None = None) -> None:
+        """fault: a failure to inject, for tests (scheduler/faults.py); step_observer: called on
+        the engine thread after each step that ran."""
         if (runner.num_blocks, runner.block_size) != (config.num_blocks, config.block_size):
             raise ValueError(
                 f"the runner's pool ({runner.num_blocks} blocks of {runner.block_size}) differs from the "
@@ -79,6 +83,8 @@ class EngineLoop:
         self.model_name = model_name
         self.scheduler = Scheduler(config)
         self._fault = fault
+        self._step_observer = step_observer
+        self._aborts: Counter[str] = Counter()
         self.num_steps = 0
         self.num_failed_steps = 0
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -152,9 +158,10 @@ class EngineLoop:
             self._inbox.put(("add", subscriber))
         return RequestStream(request, events, self.abort)
 
-    def abort(self, request_id: str, reason: str = "abort") -> None:
+    def abort(self, request_id: str, reason: str = "abort",
+              cause: AbortCause = AbortCause.CLIENT_DISCONNECT) -> None:
         """Finish a request in any state; its blocks are freed at the top of the next step. Any thread."""
-        self._inbox.put(("abort", request_id, FinishReason(reason)))
+        self._inbox.put(("abort", request_id, FinishReason(reason), cause))
 
     def _has_live(self) -> bool:
         with self._lock:
@@ -166,6 +173,7 @@ class EngineLoop:
         try:
             self._serve()
             for request in self.scheduler.abort_all():
+                self._aborts[AbortCause.SHUTDOWN.value] += 1
                 self._emit(request, None)
             self._publish()
         except Exception as error:
@@ -201,6 +209,7 @@ class EngineLoop:
             elif message[0] == "abort":
                 request = self.scheduler.abort(message[1], message[2])
                 if request is not None:
+                    self._aborts[message[3].value] += 1
                     self._emit(request, None)
             else:
                 running = False
@@ -231,6 +240,7 @@ class EngineLoop:
         except Exception:
             log.exception("the scheduler failed; aborting every request")
             for request in self.scheduler.abort_all(FinishReason.ERROR, "internal scheduler error"):
+                self._aborts[AbortCause.ENGINE_ERROR.value] += 1
                 self._emit(request, None)
             return True
 
@@ -247,15 +257,18 @@ class EngineLoop:
             self._step_failed(out, error)
             return True
         self._failures.succeeded()
-        step_ms = (time.monotonic() - started) * 1000
+        duration_s = time.monotonic() - started
         self.num_steps += 1
-        for request, output in self.scheduler.update(out, outputs, step_ms):
+        for request, output in self.scheduler.update(out, outputs, duration_s * 1000):
             self._emit(request, output)
+        if self._step_observer is not None:
+            self._step_observer(StepReport.of(out.shape, duration_s, self.runner.last_step_runs))
         return True
 
     def _step_failed(self, out: SchedulerOutput, error: Exception) -> None:
         self.num_failed_steps += 1
         for request in self.scheduler.fail(out, f"{type(error).__name__}: {error}"):
+            self._aborts[AbortCause.ENGINE_ERROR.value] += 1
             self._emit(request, None)
         if self._failures.failed(error, len(out.requests)):
             self.scheduler.recompute_all()
@@ -299,6 +312,7 @@ class EngineLoop:
         self._subscribers = {s.request.seq_id: s for s in subscribers}
         for subscriber in subscribers:
             subscriber.request.finish(FinishReason.ERROR, now, error)
+            self._aborts[AbortCause.ENGINE_ERROR.value] += 1
             try:
                 self._emit(subscriber.request, None)
             except Exception:  # the runner's release may be what is broken
@@ -313,13 +327,14 @@ class EngineLoop:
             num_preempted_total=counters.num_preempted,
             kv_usage=manager.usage,
             num_free_blocks=manager.num_free_blocks,
+            num_reusable_blocks=manager.num_reusable_blocks,
             num_blocks=manager.num_blocks,
             prefix_queries_tokens=counters.prefix_queries_tokens,
             prefix_hits_tokens=counters.prefix_hits_tokens,
             prompt_tokens_total=counters.prompt_tokens,
             generation_tokens_total=counters.generation_tokens,
             finished=dict(counters.finished),
-            mean_runs_per_seq=self.runner.last_step_runs,
+            aborts=dict(self._aborts),
             num_steps=self.num_steps,
             num_failed_steps=self.num_failed_steps,
             num_pool_rebuilds=self._failures.num_rebuilds,

@@ -26,6 +26,16 @@ class FinishReason(str, enum.Enum):
     ERROR = "error"
 
 
+class AbortCause(str, enum.Enum):
+    """Why a request was ended before it finished by itself, for metrics."""
+
+    CLIENT_DISCONNECT = "client_disconnect"  # its stream was left: the client went away
+    STOP_STRING = "stop_string"  # the API matched a stop string in the text
+    REJECTED = "rejected"  # a sibling choice of the same API request was refused
+    SHUTDOWN = "shutdown"  # the server stopped before it finished
+    ENGINE_ERROR = "engine_error"  # a failed step, the scheduler, or the engine thread
+
+
 @dataclass
 class RequestTimings:
     """time.monotonic() of each stage; None until the stage is reached."""

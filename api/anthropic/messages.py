@@ -12,7 +12,7 @@ from api.generation import GenerationParams, submit_choices
 from api.json_body import read_json_body
 from api.prompt_render import render_prompt
 from api.responding import respond
-from api.sessions import client_session
+from api.sessions import request_origin
 from api.tool_choice import ToolChoice
 from api.tool_use import request_constraints, stages_factory
 from engine.sampling_params import SamplingParams
@@ -34,7 +34,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     make_stages = stages_factory(ctx, params.stop, all_tools, choice, prompt_ids)
     message_id = f"msg_{uuid.uuid4().hex}"
     submission = submit_choices(ctx, message_id, [prompt_ids], params, "messages", make_stages,
-                                client_session(request), constraints)
+                                request_origin(request), constraints)
     thinking = (body.thinking or {}).get("type") in ("enabled", "adaptive")
     shape = MessageShape(message_id, model, submission, ctx.block_size, ctx.claude_token_scale,
                          thinking)

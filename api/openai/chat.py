@@ -17,7 +17,7 @@ from api.json_body import read_json_body
 from api.openai.validation import parse_chat_request
 from api.prompt_render import render_prompt
 from api.responding import respond
-from api.sessions import client_session
+from api.sessions import request_origin
 from api.results import ChoiceResult
 from api.tool_use import request_constraints, stages_factory
 
@@ -35,7 +35,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     make_stages = stages_factory(ctx, params.stop, chat.tools, chat.tool_choice, prompt_ids)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     submission = submit_choices(ctx, request_id, [prompt_ids], params, "messages", make_stages,
-                                client_session(request), constraints)
+                                request_origin(request), constraints)
     shape = ChatShape(request_id, model, ctx.tokenizer, len(submission.choices),
                       params.include_usage)
     return await respond(request, ctx, submission, shape, params.stream)

@@ -15,7 +15,7 @@ from api.openai.logprobs import completion_logprobs
 from api.json_body import read_json_body
 from api.openai.validation import parse_completion_request
 from api.responding import respond
-from api.sessions import client_session
+from api.sessions import request_origin
 from api.results import ChoiceResult
 from api.text_stages import TextStages
 
@@ -28,7 +28,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     stop = completion.params.stop
     submission = submit_choices(ctx, request_id, prompts, completion.params, "prompt",
-                                lambda: TextStages(stop), client_session(request))
+                                lambda: TextStages(stop), request_origin(request))
     n = completion.params.n
     echoes = [_prompt_text(ctx.tokenizer, completion.prompts[i // n]) if completion.echo else ""
               for i in range(len(submission.choices))]

@@ -179,6 +179,26 @@ def test_required_accepts_parallel_calls_to_either_tool(compiler, loaded_model):
     assert constraint.next_token_bitmask()[eos // 32] >> (eos % 32) & 1
 
 
+def accepts(constraint, loaded: LoadedModel, text: str) -> bool:
+    for token in loaded.tokenizer.encode(text):
+        if not constraint.next_token_bitmask()[token // 32] >> (token % 32) & 1:
+            return False
+        constraint.accept(token)
+    return True
+
+
+def test_arguments_the_tool_does_not_declare_are_refused_unless_its_schema_allows_them(
+        compiler, loaded_model):
+    undeclared = ('<tool_call>\n{"name": "search_files", "arguments": '
+                  '{"pattern": "*.py", "options": {"case": true}, "extra": 1')
+    strict = compiler.compile(tool_call_grammar([SEARCH], HERMES, mode="required"))
+    assert not accepts(strict, loaded_model, undeclared)  # SEARCH says nothing: none allowed
+    open_search = function_tool("search_files", "", {**SEARCH["function"]["parameters"],
+                                                     "additionalProperties": True})
+    lenient = compiler.compile(tool_call_grammar([open_search], HERMES, mode="required"))
+    assert accepts(lenient, loaded_model, undeclared)
+
+
 def test_json_object_grammar_and_bad_schemas(compiler, loaded_model):
     mask = compiler.compile(json_object_grammar()).next_token_bitmask()
     allowed = np.unpackbits(mask.view(np.uint8), bitorder="little").nonzero()[0].tolist()

@@ -141,7 +141,7 @@ def test_batched_prompts_match_alone(runner: ModelRunner, loaded_model: LoadedMo
     batched = [new_stream(blocks, prompt, chunk_size=20) for prompt in prompts]
     run_together(runner, batched)
 
-    assert runner.last_step_runs > 1
+    assert max(runner.last_step_runs) > 1
     for together, single in zip(batched, alone):
         assert_same_stream(together, single)
 

@@ -74,7 +74,7 @@ class FakeRunner:
         self.num_resets = 0
         self.num_steps = 0
         self.last_step_ms = 0.0
-        self.last_step_runs = 0.0
+        self.last_step_runs: list[int] = []
 
     def step(self, seqs: list[SeqStep]) -> list[TokenOutput]:
         if self.fail_if is not None and self.fail_if(seqs):
@@ -94,7 +94,7 @@ class FakeRunner:
             if seq.sample:
                 outputs.append(TokenOutput(seq.seq_id, next_token(context), logprob=-0.5))
         self.last_step_ms = step_cost_ms(seqs, self.cost_ms)
-        self.last_step_runs = sum(_count_runs(seq.block_table) for seq in seqs) / max(len(seqs), 1)
+        self.last_step_runs = [_count_runs(seq.block_table) for seq in seqs]
         return outputs
 
     def release(self, seq_id: int) -> None:

@@ -25,6 +25,7 @@ TEST_PROFILE = [
     "--shutdown-grace-s", "3",
 ]
 STARTUP_TIMEOUT_S = 180
+SERVER_LABELS = ("model_name", "engine")  # the same on every sample of one server
 PAGEDMLX = Path(sys.executable).with_name("pagedmlx")
 
 
@@ -52,13 +53,13 @@ class LiveServer:
             return json.loads(response.read())
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
-        """{(sample name, sorted labels without model_name): value}."""
+        """{(sample name, sorted labels without model_name and engine): value}."""
         with urllib.request.urlopen(self.base_url + "/metrics", timeout=30) as response:
             text = response.read().decode()
         samples = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "model_name"))
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in SERVER_LABELS))
                 samples[(sample.name, labels)] = sample.value
         return samples
 

@@ -1,0 +1,77 @@
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import known_workload
+import pytest
+from live_server import LiveServer, start_server
+from prometheus_server import PROMETHEUS, Prometheus, Sample
+
+WINDOW_MARGIN_S = 30
+SCRAPE_INTERVAL_S = 1.0  # prometheus_server.CONFIG's
+
+
+@dataclass
+class Observed:
+    """A server after the known workload, the Prometheus that scraped it all along, and the time
+    of its last scrape, at which every query is evaluated."""
+
+    server: LiveServer
+    prometheus: Prometheus
+    expected: known_workload.Expected
+    at: float      # Unix seconds of the last scrape
+    window: str    # a range reaching back before the first scrape, for $__rate_interval
+    window_s: int
+    direct: dict   # the server's /metrics read right after that scrape
+
+    def query(self, expr: str) -> list[Sample]:
+        return self.prometheus.query(expr, self.at)
+
+    def value(self, expr: str) -> float:
+        return self.prometheus.value(expr, self.at)
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus; .ci/run does)")
+    work_dir = tmp_path_factory.mktemp("observability")
+    server = start_server(work_dir, *known_workload.SERVER_FLAGS)
+    prometheus = Prometheus(work_dir, server.port)
+    try:
+        first_scrape = _wait_for_scrape(prometheus, lambda: True)
+        expected = known_workload.run(server)
+        server.wait_until_idle()
+        finished = float(expected.num_requests)
+        _wait_until(lambda: server.metric("vllm:e2e_request_latency_seconds_count") == finished)
+        direct = server.metrics()
+        # Series born late in the run (an error's status) need two samples before rate() sees them.
+        settled = time.time() + 2 * SCRAPE_INTERVAL_S
+        at = _wait_for_scrape(prometheus, lambda: prometheus.value(
+            "sum(vllm:e2e_request_latency_seconds_count)") == finished)
+        while at < settled:
+            time.sleep(SCRAPE_INTERVAL_S / 2)
+            at = _wait_for_scrape(prometheus, lambda: True)
+        window_s = round(at - first_scrape + WINDOW_MARGIN_S)
+        yield Observed(server, prometheus, expected, at, f"{window_s}s", window_s, direct)
+    finally:
+        prometheus.stop()
+        server.stop()
+
+
+def _wait_for_scrape(prometheus: Prometheus, condition, timeout_s: float = 60) -> float:
+    """The time of a successful scrape after which condition() holds."""
+    def scraped() -> float | None:
+        # A sample of the target's own, not `up`: Prometheus stamps that one a little later.
+        samples = prometheus.query("timestamp(vllm:num_requests_running)")
+        return samples[0].value if samples else None
+
+    _wait_until(lambda: scraped() is not None and condition(), timeout_s)
+    return scraped()
+
+
+def _wait_until(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

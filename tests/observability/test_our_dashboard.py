@@ -1,0 +1,175 @@
+"""Every query of docs/grafana/pagedmlx.json, evaluated by a real Prometheus that scraped a live
+server through a known workload: each gives data, and the panels give what the workload implies."""
+
+import math
+from collections import defaultdict
+
+import pytest
+from conftest import Observed
+from known_workload import POOL_BLOCKS
+from test_dashboards import (OUR_BOARD, Check, by, check_finish_reasons, check_token_throughput,
+                             direct, evaluate, latency, one_per_request, only, rate_of,
+                             streamed_gaps)
+
+from dashboard_queries import board_queries
+
+
+def panels() -> dict[str, list[str]]:
+    exprs: dict[str, list[str]] = defaultdict(list)
+    for title, expr in board_queries(OUR_BOARD):
+        exprs[title].append(expr)
+    return dict(exprs)
+
+
+def check_running_waiting(observed: Observed, results) -> None:
+    assert [only(samples) for samples in results] == [0.0, 0.0]
+
+
+def check_sessions(observed: Observed, results) -> None:
+    assert only(results[0]) == observed.expected.sessions
+
+
+def check_requests_finished(observed: Observed, results) -> None:
+    assert rate_of(observed, results[0]) == pytest.approx(observed.expected.num_requests)
+
+
+def check_preemptions(observed: Observed, results) -> None:
+    preempted = rate_of(observed, results[0])
+    assert preempted == pytest.approx(direct(observed, "vllm:num_preemptions_total"))
+    assert preempted >= 1  # the burst does not fit the pool
+
+
+def check_kv_usage(observed: Observed, results) -> None:
+    assert only(results[0]) == 0.0
+
+
+def check_blocks(observed: Observed, results) -> None:
+    blocks = by(results[0], "state")
+    assert blocks["used"] == 0 and blocks["cached"] >= 1
+    assert sum(blocks.values()) == POOL_BLOCKS
+
+
+def check_runs(observed: Observed, results) -> None:
+    assert only(results[0]) >= 1.0
+
+
+def check_hit_rate(observed: Observed, results) -> None:
+    hits, queries = (direct(observed, f"vllm:prefix_cache_{kind}_total")
+                     for kind in ("hits", "queries"))
+    assert only(results[0]) == pytest.approx(hits / queries, rel=1e-9)
+
+
+def check_hit_rate_by_protocol(observed: Observed, results) -> None:
+    rates, expected = by(results[0], "protocol"), observed.expected
+    anthropic = expected.cached_by_protocol["anthropic"] / expected.queries_by_protocol["anthropic"]
+    assert rates["anthropic"] == pytest.approx(anthropic, rel=1e-9)
+    # The hung-up request's hit was never reported to its client: at least the reported ones.
+    openai = expected.cached_by_protocol["openai"] / expected.queries_by_protocol["openai"]
+    assert openai > 0 and rates["openai"] >= openai - 1e-12
+
+
+def check_step_time(observed: Observed, results) -> None:
+    for samples in results:
+        kinds = by(samples, "kind")
+        assert not math.isnan(kinds["decode"]) and not math.isnan(kinds["prefill"])
+
+
+def check_per_step(family: str) -> Check:
+    def check(observed: Observed, results) -> None:
+        means = by(results[0], "phase")
+        steps = direct(observed, "vllm:iteration_tokens_total_count")
+        for phase, mean in means.items():
+            assert mean == pytest.approx(direct(observed, f"{family}_sum", phase=phase) / steps)
+        assert means["decode"] > 0 and means["prefill"] > 0
+    return check
+
+
+def check_tokens_per_iteration(observed: Observed, results) -> None:
+    steps = direct(observed, "vllm:iteration_tokens_total_count")
+    tokens = sum(direct(observed, "pagedmlx:step_tokens_sum", phase=phase)
+                 for phase in ("decode", "prefill"))
+    assert only(results[0]) == pytest.approx(tokens / steps)
+    computed = direct(observed, "pagedmlx:step_tokens_sum", phase="prefill")
+    uncached = sum(observed.expected.prompt_tokens) - direct(observed, "vllm:prefix_cache_hits_total")
+    assert computed >= uncached  # every prompt token not read from the cache was computed
+
+
+def check_no_failures(observed: Observed, results) -> None:
+    assert [only(samples) for samples in results] == [0.0, 0.0]
+
+
+def check_aborts(observed: Observed, results) -> None:
+    aborts = by(results[0], "cause")
+    assert aborts == {cause: float(observed.expected.aborts[cause]) for cause in aborts}
+    assert set(aborts) == {"client_disconnect", "stop_string", "rejected", "shutdown",
+                           "engine_error"}
+
+
+def check_tool_calls(observed: Observed, results) -> None:
+    assert [only(samples) for samples in results] == [observed.expected.tool_calls,
+                                                      observed.expected.tool_calls, 0.0]
+
+
+def check_tool_failure_ratio(observed: Observed, results) -> None:
+    assert only(results[0]) == 0.0
+
+
+def routes(samples) -> set[tuple[str, str]]:
+    return {(sample.labels["route"], sample.labels["status"]) for sample in samples}
+
+
+def check_http(observed: Observed, results) -> None:
+    assert {("/v1/chat/completions", "200"), ("/v1/chat/completions", "400"),
+            ("/v1/messages", "200"), ("unmatched", "404"), ("/metrics", "200"),
+            ("/health", "200")} <= routes(results[0])
+
+
+def check_http_errors(observed: Observed, results) -> None:
+    assert {("/v1/chat/completions", "400"), ("unmatched", "404")} <= routes(results[0])
+    assert all(status[0] in "45" for _, status in routes(results[0]))
+
+
+QUANTILES = (0.5, 0.9, 0.99)
+CHECKS: dict[str, Check] = {
+    "Token throughput": check_token_throughput,
+    "Requests finished/s": check_requests_finished,
+    "Time to first token": latency("vllm:time_to_first_token_seconds", QUANTILES,
+                                   one_per_request("vllm:time_to_first_token_seconds")),
+    "Inter-token latency": latency("vllm:inter_token_latency_seconds", QUANTILES,
+                                   streamed_gaps("vllm:inter_token_latency_seconds")),
+    "End-to-end request latency": latency("vllm:e2e_request_latency_seconds", QUANTILES,
+                                          one_per_request("vllm:e2e_request_latency_seconds")),
+    "Queue time": latency("vllm:request_queue_time_seconds", QUANTILES,
+                          one_per_request("vllm:request_queue_time_seconds")),
+    "Requests running / waiting": check_running_waiting,
+    "Active sessions": check_sessions,
+    "Preemptions/s": check_preemptions,
+    "KV cache usage": check_kv_usage,
+    "KV cache blocks by state": check_blocks,
+    "Contiguous runs per sequence": check_runs,
+    "Prefix cache hit rate": check_hit_rate,
+    "Prefix cache hit rate by protocol": check_hit_rate_by_protocol,
+    "Step time by kind": check_step_time,
+    "Rows per step by phase": check_per_step("pagedmlx:step_rows"),
+    "Tokens per step by phase": check_per_step("pagedmlx:step_tokens"),
+    "Tokens per iteration": check_tokens_per_iteration,
+    "Failed steps and pool rebuilds": check_no_failures,
+    "Finish reasons": check_finish_reasons,
+    "Aborts by cause": check_aborts,
+    "Tool calls": check_tool_calls,
+    "Tool call parse failure ratio": check_tool_failure_ratio,
+    "HTTP requests by route and status": check_http,
+    "HTTP errors by route": check_http_errors,
+}
+PANELS = panels()
+
+
+def test_every_panel_has_a_check():
+    assert set(PANELS) == set(CHECKS)
+
+
+@pytest.mark.parametrize("title", sorted(PANELS))
+def test_our_dashboard_panel(observed: Observed, title: str):
+    results = evaluate(observed, PANELS[title])
+    assert all(results), f"{title}: a query gave no series"
+    CHECKS[title](observed, results)
