@@ -37,7 +37,7 @@ class Metrics:
         self.http = HttpMetrics(families)
         self.sessions = ActiveSessions()
         families.gauge_function("pagedmlx:sessions_active", "Clients (by X-Claude-Code-Session-Id, "
-                                "x-session-id or API key) with a request in the last "
+                                "x-session-id or API key) with a request accepted for generation in the last "
                                 f"{self.sessions.window_s:g} s.", self.sessions.count)
         self._tool_calls = {outcome: families.counter(f"pagedmlx:tool_calls_{outcome}", doc)
                             for outcome, doc in TOOL_CALL_OUTCOMES.items()}

@@ -6,13 +6,31 @@ from api.metrics import buckets
 from api.metrics.family import Families
 
 PROTOCOLS = ("openai", "anthropic")
+# Histograms of the time between two stages of a request (scheduler.request.RequestTimings).
+INTERVALS = {
+    "vllm:time_to_first_token_seconds": (
+        "Histogram of time to first token in seconds.", buckets.TTFT_S, "arrival", "first_token"),
+    "vllm:e2e_request_latency_seconds": (
+        "Histogram of e2e request latency in seconds.", buckets.REQUEST_TIME_S, "arrival",
+        "finish"),
+    "vllm:request_queue_time_seconds": (
+        "Histogram of time spent in WAITING phase for request.", buckets.REQUEST_TIME_S,
+        "arrival", "first_scheduled"),
+    "vllm:request_inference_time_seconds": (
+        "Histogram of time spent in RUNNING phase for request.", buckets.REQUEST_TIME_S,
+        "first_scheduled", "finish"),
+    "vllm:request_prefill_time_seconds": (
+        "Histogram of time spent in PREFILL phase for request.", buckets.REQUEST_TIME_S,
+        "first_scheduled", "first_token"),
+    "vllm:request_decode_time_seconds": (
+        "Histogram of time spent in DECODE phase for request.", buckets.REQUEST_TIME_S,
+        "first_token", "finish"),
+}
 
 
 class RequestMetrics:
     def __init__(self, families: Families, max_model_len: int) -> None:
         histogram = families.histogram
-        self._ttft = histogram("vllm:time_to_first_token_seconds",
-                               "Histogram of time to first token in seconds.", buckets.TTFT_S)
         self._inter_token = histogram("vllm:inter_token_latency_seconds",
                                       "Histogram of inter-token latency in seconds.",
                                       buckets.INTER_TOKEN_S)
@@ -24,20 +42,8 @@ class RequestMetrics:
         self._request_tpot = histogram(
             "vllm:request_time_per_output_token_seconds",
             "Histogram of time_per_output_token_seconds per request.", buckets.INTER_TOKEN_S)
-        self._e2e = histogram("vllm:e2e_request_latency_seconds",
-                              "Histogram of e2e request latency in seconds.", buckets.REQUEST_TIME_S)
-        self._queue = histogram("vllm:request_queue_time_seconds",
-                                "Histogram of time spent in WAITING phase for request.",
-                                buckets.REQUEST_TIME_S)
-        self._inference = histogram("vllm:request_inference_time_seconds",
-                                    "Histogram of time spent in RUNNING phase for request.",
-                                    buckets.REQUEST_TIME_S)
-        self._prefill = histogram("vllm:request_prefill_time_seconds",
-                                  "Histogram of time spent in PREFILL phase for request.",
-                                  buckets.REQUEST_TIME_S)
-        self._decode = histogram("vllm:request_decode_time_seconds",
-                                 "Histogram of time spent in DECODE phase for request.",
-                                 buckets.REQUEST_TIME_S)
+        self._intervals = [(histogram(name, doc, bounds), start, end)
+                           for name, (doc, bounds, start, end) in INTERVALS.items()]
         tokens = buckets.one_two_five(max_model_len)
         self._prompt_tokens = histogram("vllm:request_prompt_tokens",
                                         "Number of prefill tokens processed.", tokens)
@@ -81,14 +87,8 @@ class RequestMetrics:
         timings = event.timings
         if timings is None:
             return
-        for histogram, start, end in (
-            (self._e2e, timings.arrival, timings.finish),
-            (self._queue, timings.arrival, timings.first_scheduled),
-            (self._ttft, timings.arrival, timings.first_token),
-            (self._inference, timings.first_scheduled, timings.finish),
-            (self._prefill, timings.first_scheduled, timings.first_token),
-            (self._decode, timings.first_token, timings.finish),
-        ):
+        for histogram, start_stage, end_stage in self._intervals:
+            start, end = getattr(timings, start_stage), getattr(timings, end_stage)
             if start is not None and end is not None:
                 histogram.observe(max(end - start, 0.0))
         if timings.first_scheduled is not None:

@@ -1,34 +1,14 @@
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import known_workload
 import pytest
-from live_server import LiveServer, start_server
-from prometheus_server import PROMETHEUS, Prometheus, Sample
+from live_server import start_server
+from observed import Observed
+from prometheus_server import PROMETHEUS, Prometheus
 
 WINDOW_MARGIN_S = 30
 SCRAPE_INTERVAL_S = 1.0  # prometheus_server.CONFIG's
-
-
-@dataclass
-class Observed:
-    """A server after the known workload, the Prometheus that scraped it all along, and the time
-    of its last scrape, at which every query is evaluated."""
-
-    server: LiveServer
-    prometheus: Prometheus
-    expected: known_workload.Expected
-    at: float      # Unix seconds of the last scrape
-    window: str    # a range reaching back before the first scrape, for $__rate_interval
-    window_s: int
-    direct: dict   # the server's /metrics read right after that scrape
-
-    def query(self, expr: str) -> list[Sample]:
-        return self.prometheus.query(expr, self.at)
-
-    def value(self, expr: str) -> float:
-        return self.prometheus.value(expr, self.at)
 
 
 @pytest.fixture(scope="module")

@@ -1,93 +1,17 @@
-"""Every query of vLLM's Grafana dashboard (a copy of its panel queries, older names included) and
-of ours, evaluated by a real Prometheus that scraped a live server through a known workload, must
-give the figures that workload implies."""
+"""Every query of vLLM's Grafana dashboard (a copy of its panel queries, older names included),
+evaluated by a real Prometheus that scraped a live server through a known workload, gives the
+figures that workload implies."""
 
 import json
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Observed
-from dashboard_queries import board_queries, fill_variables
-from histogram_math import histogram_quantile
-from known_workload import POOL_BLOCKS
+from observed import Observed, by, direct, evaluate, only, rate_of
+from panel_checks import (Check, check_finish_reasons, check_token_throughput, latency,
+                          one_per_request, streamed_gaps)
 from prometheus_server import Sample
 
-HERE = Path(__file__).parent
-VLLM_BOARD = json.loads((HERE / "vllm_dashboard_queries.json").read_text())
-OUR_BOARD = HERE.parent.parent / "docs" / "grafana" / "pagedmlx.json"
-MODEL = "SmolLM2-135M-Instruct"
-Check = Callable[[Observed, list[list[Sample]]], None]
-
-
-def direct(observed: Observed, name: str, **labels: str) -> float:
-    return observed.direct.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def buckets(observed: Observed, family: str, **labels: str) -> list[tuple[float, float]]:
-    rows = [(float(dict(key)["le"]), value) for (name, key), value in observed.direct.items()
-            if name == f"{family}_bucket"
-            and {k: v for k, v in key if k != "le"} == labels]
-    return sorted(rows)
-
-
-def only(samples: list[Sample]) -> float:
-    assert len(samples) == 1, samples
-    return samples[0].value
-
-
-def by(samples: list[Sample], label: str) -> dict[str, float]:
-    return {sample.labels[label]: sample.value for sample in samples}
-
-
-def evaluate(observed: Observed, exprs: list[str]) -> list[list[Sample]]:
-    return [observed.query(fill_variables(expr, MODEL, observed.window)) for expr in exprs]
-
-
-def latency(family: str, quantiles: tuple[float, ...], count: Callable[[Observed], None]) -> Check:
-    """Quantile panels then a mean: each as Prometheus must compute it from the exported buckets."""
-    def check(observed: Observed, results: list[list[Sample]]) -> None:
-        count(observed)
-        exported = buckets(observed, family)
-        values = [only(samples) for samples in results[:len(quantiles)]]
-        for q, value in zip(quantiles, values):
-            assert value == pytest.approx(histogram_quantile(q, exported), rel=1e-9), (family, q)
-        assert sorted(values) == [values[quantiles.index(q)] for q in sorted(quantiles)]
-        mean = direct(observed, f"{family}_sum") / direct(observed, f"{family}_count")
-        assert only(results[-1]) == pytest.approx(mean, rel=1e-9)
-    return check
-
-
-def one_per_request(family: str) -> Callable[[Observed], None]:
-    def count(observed: Observed) -> None:
-        assert direct(observed, f"{family}_count") == observed.expected.num_requests
-    return count
-
-
-def streamed_gaps(family: str) -> Callable[[Observed], None]:
-    """A gap per token after each request's first: all of those that ran to max_tokens, at least."""
-    def count(observed: Observed) -> None:
-        expected = observed.expected
-        gaps = direct(observed, f"{family}_count")
-        assert gaps >= expected.length_output_tokens - expected.finished["length"]
-        assert gaps <= direct(observed, "vllm:generation_tokens_total") - expected.num_requests
-    return count
-
-
-def rate_of(observed: Observed, samples: list[Sample]) -> float:
-    """What a rate over the whole window counted."""
-    return only(samples) * observed.window_s
-
-
-def check_token_throughput(observed: Observed, results: list[list[Sample]]) -> None:
-    prompt, generation = (rate_of(observed, samples) for samples in results)
-    expected = observed.expected
-    assert prompt == pytest.approx(sum(expected.prompt_tokens), rel=1e-9)
-    assert generation == pytest.approx(direct(observed, "vllm:generation_tokens_total"), rel=1e-9)
-    assert generation == pytest.approx(direct(observed, "vllm:request_generation_tokens_sum"))
-    # The stop string's, the tool call's and the hung-up request's (3 streamed) come on top.
-    assert generation >= expected.length_output_tokens + 5
+VLLM_BOARD = json.loads((Path(__file__).parent / "vllm_dashboard_queries.json").read_text())
 
 
 def check_idle_scheduler(observed: Observed, results: list[list[Sample]]) -> None:
@@ -114,10 +38,6 @@ def check_generation_lengths(observed: Observed, results: list[list[Sample]]) ->
         assert count == direct(observed, "vllm:request_generation_tokens_bucket", le=le)
 
 
-def check_finish_reasons(observed: Observed, results: list[list[Sample]]) -> None:
-    assert by(results[0], "finished_reason") == {
-        reason: float(observed.expected.finished[reason])
-        for reason in ("stop", "length", "abort", "error")}
 
 
 def sums_of(*families: str) -> Check:

@@ -5,7 +5,7 @@ import math
 import urllib.request
 
 import pytest
-from conftest import Observed
+from observed import Observed
 from prometheus_client.parser import text_string_to_metric_families
 
 TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,

@@ -4,14 +4,16 @@ server through a known workload: each gives data, and the panels give what the w
 import math
 from collections import defaultdict
 
-import pytest
-from conftest import Observed
-from known_workload import POOL_BLOCKS
-from test_dashboards import (OUR_BOARD, Check, by, check_finish_reasons, check_token_throughput,
-                             direct, evaluate, latency, one_per_request, only, rate_of,
-                             streamed_gaps)
+from pathlib import Path
 
+import pytest
 from dashboard_queries import board_queries
+from known_workload import POOL_BLOCKS
+from observed import Observed, by, direct, evaluate, only, rate_of
+from panel_checks import (Check, check_finish_reasons, check_token_throughput, latency,
+                          one_per_request, streamed_gaps)
+
+OUR_BOARD = Path(__file__).parents[2] / "docs" / "grafana" / "pagedmlx.json"
 
 
 def panels() -> dict[str, list[str]]:
