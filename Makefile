@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0
 PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-quick clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(eval PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS)))
 	$(PRELOAD) $(PY) -m benchmarks.run_all
+
+bench-quick: $(STAMP)
+	$(eval PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS)))
+	$(PRELOAD) $(PY) -m benchmarks.run_all --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,32 +1,39 @@
-"""An async client that streams OpenAI chat completions and measures them as vLLM's serving bench does.
+"""The load generator: sends streamed requests at a fixed concurrency or at a Poisson rate and measures
+them as vLLM's serving bench does.
 
-Each request records the arrival time of every content chunk; from those come TTFT (first chunk), ITL (the
-gaps between chunks), TPOT ((E2E - TTFT) / (output tokens - 1)) and E2E. Output tokens are the server's
-`usage.completion_tokens` (asked for with `stream_options.include_usage`); a server that sends no usage is
-counted one token per chunk. `summarize` turns records into vLLM's result keys.
+Each request records the arrival time of every token-carrying chunk; from those come TTFT (first chunk),
+ITL (the gaps between chunks), TPOT ((E2E - TTFT) / (output tokens - 1)) and E2E. `summarize` turns records
+into vLLM's result keys; `measured_run` adds the server's prefix-cache hit rate during the run, from its
+/metrics before and after. A progress bar (tqdm) counts finished requests.
 """
 
 import asyncio
 import math
+import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
-import orjson
+from tqdm import tqdm
 
-REQUEST_TIMEOUT_S = 600.0
+from benchmarks.server_metrics import prefix_cache_counters, prefix_cache_hit_rate
+
+REQUEST_TIMEOUT_S = 900.0
 PERCENTILES = (90, 99)
+MAX_ERRORS_KEPT = 3
 
 
 @dataclass
 class RequestRecord:
-    """One streamed request, seen from the client. Times are seconds from sending the request."""
+    """One streamed request, seen from the client. Times are seconds from sending the request;
+    `sent_s` is when it was sent, in seconds from the start of its run."""
 
     ok: bool
     chunk_times_s: list[float] = field(default_factory=list)
     e2e_s: float = 0.0
+    sent_s: float = 0.0
     text: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -48,6 +55,9 @@ class RequestRecord:
         if self.output_tokens < 2:
             return None
         return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+SendOne = Callable[[aiohttp.ClientSession, dict], Awaitable[RequestRecord]]
 
 
 def itl_from_timestamps(timestamps: Sequence[float]) -> list[float]:
@@ -78,12 +88,13 @@ def latency_stats(name: str, values_s: Sequence[float]) -> dict[str, float]:
     return stats
 
 
-def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, float | int]:
-    """vLLM bench's result keys over the successful requests of a run that took `duration_s`."""
+def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, float | int | list]:
+    """vLLM bench's result keys over the successful requests of a run that took `duration_s`, and the first
+    few errors."""
     done = [record for record in records if record.ok]
     output_tokens = sum(record.output_tokens for record in done)
     input_tokens = sum(record.prompt_tokens for record in done)
-    summary: dict[str, float | int] = {
+    summary: dict[str, float | int | list] = {
         "completed": len(done),
         "failed": len(records) - len(done),
         "duration_s": duration_s,
@@ -98,55 +109,19 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> dict[str, 
     summary.update(latency_stats("tpot", [t for record in done if (t := record.tpot_s) is not None]))
     summary.update(latency_stats("itl", [gap for record in done for gap in record.itl_s]))
     summary.update(latency_stats("e2el", [record.e2e_s for record in done]))
+    summary["errors"] = [record.error for record in records if not record.ok][:MAX_ERRORS_KEPT]
     return summary
 
 
-def apply_chunk(record: RequestRecord, chunk: dict, elapsed_s: float) -> None:
-    """Fold one streamed chat.completion.chunk into the record."""
-    usage = chunk.get("usage")
-    if usage:
-        record.prompt_tokens = usage.get("prompt_tokens", 0)
-        record.output_tokens = usage.get("completion_tokens", 0)
-        details = usage.get("prompt_tokens_details") or {}
-        record.cached_tokens = details.get("cached_tokens") or 0
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        content = delta.get("content") or ""
-        if content or delta.get("reasoning") or delta.get("tool_calls"):  # mlx-lm's name for thinking text
-            record.chunk_times_s.append(elapsed_s)
-            record.text += content
-        record.finish_reason = choice.get("finish_reason") or record.finish_reason
-
-
-async def stream_chat(session: aiohttp.ClientSession, base_url: str, payload: dict) -> RequestRecord:
-    """POST one streaming chat completion and time its chunks; failures become a record with ok=False."""
-    body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
-    record = RequestRecord(ok=False)
-    start = time.perf_counter()
-    try:
-        async with session.post(f"{base_url}/v1/chat/completions", data=orjson.dumps(body),
-                                headers={"Content-Type": "application/json"}) as response:
-            if response.status != 200:
-                record.error = f"HTTP {response.status}: {(await response.text())[:300]}"
-                return record
-            async for line in response.content:
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                apply_chunk(record, orjson.loads(data), time.perf_counter() - start)
-    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as error:
-        record.error = f"{type(error).__name__}: {error}"
-        return record
-    record.e2e_s = time.perf_counter() - start
-    if not record.chunk_times_s:
-        record.error = "the stream carried no content"
-        return record
-    if not record.output_tokens:
-        record.output_tokens = len(record.chunk_times_s)
-    record.ok = True
-    return record
+def poisson_arrival_times(rate: float, count: int, seed: int) -> list[float]:
+    """Send times (seconds from the start) of `count` requests arriving at `rate` per second on average:
+    exponential gaps from a seeded generator, the first request at 0 (vLLM's --request-rate)."""
+    rng = random.Random(seed)
+    times, now = [], 0.0
+    for _ in range(count):
+        times.append(now)
+        now += rng.expovariate(rate)
+    return times
 
 
 def client_session(concurrency: int) -> aiohttp.ClientSession:
@@ -157,18 +132,61 @@ def client_session(concurrency: int) -> aiohttp.ClientSession:
     )
 
 
+def progress_bar(total: int, label: str) -> tqdm:
+    return tqdm(total=total, desc=label, unit="req", dynamic_ncols=True)
+
+
 async def run_at_concurrency(
-    base_url: str, payloads: Sequence[dict], concurrency: int
+    send: SendOne, payloads: Sequence[dict], concurrency: int, label: str
 ) -> tuple[list[RequestRecord], float]:
     """Send every payload with at most `concurrency` in flight; returns the records (in payload order)
     and the wall time of the whole run."""
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(session: aiohttp.ClientSession, payload: dict) -> RequestRecord:
-        async with slots:
-            return await stream_chat(session, base_url, payload)
-
     async with client_session(concurrency) as session:
         start = time.perf_counter()
-        records = await asyncio.gather(*(one(session, payload) for payload in payloads))
+        with progress_bar(len(payloads), label) as bar:
+            async def one(payload: dict) -> RequestRecord:
+                async with slots:
+                    sent = time.perf_counter() - start
+                    record = await send(session, payload)
+                record.sent_s = sent
+                bar.update()
+                return record
+
+            records = await asyncio.gather(*(one(payload) for payload in payloads))
         return list(records), time.perf_counter() - start
+
+
+async def run_at_times(
+    send: SendOne, payloads: Sequence[dict], send_times_s: Sequence[float], label: str
+) -> tuple[list[RequestRecord], float]:
+    """Send payload i at send_times_s[i] seconds from the start, whatever is still in flight (an open
+    loop, as vLLM's bench at a request rate); returns the records and the wall time."""
+    async with client_session(len(payloads)) as session:
+        start = time.perf_counter()
+        with progress_bar(len(payloads), label) as bar:
+            async def one(payload: dict, at_s: float) -> RequestRecord:
+                await asyncio.sleep(max(0.0, at_s - (time.perf_counter() - start)))
+                sent = time.perf_counter() - start
+                record = await send(session, payload)
+                record.sent_s = sent
+                bar.update()
+                return record
+
+            records = await asyncio.gather(*(one(p, t) for p, t in zip(payloads, send_times_s)))
+        return list(records), time.perf_counter() - start
+
+
+async def measured_run(
+    base_url: str, run: Awaitable[tuple[list[RequestRecord], float]]
+) -> tuple[list[RequestRecord], dict]:
+    """Await `run`; returns its records and their summary with the server's prefix-cache hit rate during
+    it (None from a server that exports no vLLM prefix-cache counters)."""
+    async with client_session(1) as session:
+        before = await prefix_cache_counters(session, base_url)
+        records, duration_s = await run
+        after = await prefix_cache_counters(session, base_url)
+    summary = summarize(records, duration_s)
+    summary["prefix_cache_hit_rate"] = prefix_cache_hit_rate(before, after)
+    return records, summary

@@ -1,10 +1,14 @@
-"""docs/bench.png from benchmarks/results/*.json: output throughput against concurrency (pagedmlx, mlx-lm's
-server, and the raw batched forward without a server) and TTFT bars (pagedmlx beside mlx-lm).
+"""The benchmark plots in docs/ from benchmarks/results/*.json:
+
+- bench.png: output throughput and median TTFT against concurrency (each server, and the raw batched
+  forward without a server);
+- bench_turns.png: TTFT by turn of the Claude Code sessions;
+- bench_prefill_itl.png: the inter-token gaps of running streams over time, before and while a cold long
+  prompt prefills.
 
     .venv/bin/python -m benchmarks.plot
 """
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -12,92 +16,127 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-RESULTS_DIR = Path(__file__).parent / "results"
-OUTPUT = Path(__file__).parent.parent / "docs" / "bench.png"
-RAW_CONTEXT = 256
-COLORS = {"pagedmlx": "tab:blue", "mlx_lm": "tab:orange", "raw forward": "tab:gray"}
-LABELS = {"pagedmlx": "pagedmlx", "mlx_lm": "mlx-lm server", "raw forward": f"raw forward ({RAW_CONTEXT} ctx)"}
+from benchmarks.comparisons import RAW_CONTEXT, raw_forward_tok_s  # noqa: E402
+from benchmarks.summary import load  # noqa: E402
+
+DOCS = Path(__file__).parent.parent / "docs"
+THROUGHPUT_PNG = DOCS / "bench.png"
+TURNS_PNG = DOCS / "bench_turns.png"
+PREFILL_PNG = DOCS / "bench_prefill_itl.png"
+RAW = "raw forward"
+COLORS = {"pagedmlx": "tab:blue", "mlx_lm": "tab:orange", RAW: "tab:gray"}
+LABELS = {"pagedmlx": "pagedmlx", "mlx_lm": "mlx-lm server", RAW: f"raw forward ({RAW_CONTEXT} ctx, no server)"}
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS_DIR / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _style(name: str) -> dict:
+    return {"color": COLORS.get(name), "label": LABELS.get(name, name)}
 
 
-def throughput_curves(serve: dict | None, engine: dict | None) -> dict[str, list[tuple[int, float]]]:
-    """Series name -> [(concurrency or batch, output tok/s)]."""
-    curves = {}
-    for name, result in ((serve or {}).get("servers") or {}).items():
-        points = [(run["concurrency"], run["output_throughput"]) for run in result.get("throughput", ())]
-        if points:
-            curves[name] = points
-    raw = [(case["batch"], case["dense_kv_tok_s"]) for case in (engine or {}).get("results", ())
-           if case["context"] == RAW_CONTEXT and not case["shared_prefix"]]
-    if raw:
-        curves["raw forward"] = sorted(raw)
-    return curves
+def sweep_series(servers: dict, engine: dict | None, key: str) -> dict[str, list[tuple[int, float]]]:
+    """Server -> [(concurrency, run[key])], and for output throughput the raw forward at those batches."""
+    series = {name: [(run["concurrency"], run[key]) for run in server.get("sweep", ())]
+              for name, server in servers.items() if server.get("sweep")}
+    if key == "output_throughput":
+        batches = sorted({c for points in series.values() for c, _ in points})
+        raw = [(b, tok_s) for b in batches if (tok_s := raw_forward_tok_s(engine, b)) is not None]
+        if raw:
+            series[RAW] = raw
+    return series
 
 
-def ttft_bars(serve: dict | None) -> dict[str, dict[str, float]]:
-    """Server -> {bar label: mean TTFT in seconds}."""
-    bars = {}
-    for name, result in ((serve or {}).get("servers") or {}).items():
-        values = {}
-        busiest = max(result.get("throughput", ()), key=lambda run: run["concurrency"], default=None)
-        if busiest:
-            values[f"short prompts\nc={busiest['concurrency']}"] = busiest["mean_ttft_ms"] / 1000
-        sessions = result.get("agent_sessions") or {}
-        for key, label in (("first_turn_ttft", "agent sessions\nfirst turn"),
-                           ("later_turn_ttft", "agent sessions\nlater turns")):
-            mean = (sessions.get(key) or {}).get("mean_s")
-            if mean is not None:
-                values[label] = mean
-        if values:
-            bars[name] = values
-    return bars
-
-
-def draw(curves: dict, bars: dict, output: Path) -> None:
+def draw_throughput(servers: dict, engine: dict | None, output: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, points in curves.items():
+    for axis, key, ylabel, title in (
+            (left, "output_throughput", "output tokens / s", "Output throughput, short prompts"),
+            (right, "median_ttft_ms", "median TTFT (ms)", "Time to first token (lower is better)")):
+        series = sweep_series(servers, engine, key)
+        for name, points in series.items():
+            xs, ys = zip(*points)
+            axis.plot(xs, ys, marker="o", linestyle="--" if name == RAW else "-", **_style(name))
+        ticks = sorted({x for points in series.values() for x, _ in points})
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(ticks, [str(tick) for tick in ticks])
+        axis.set_xlabel("concurrent requests (batch for the raw forward)")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    right.set_yscale("log")
+    _save(figure, output)
+
+
+def turn_series(servers: dict) -> dict[str, list[tuple[int, float]]]:
+    """Server -> [(turn, median TTFT in seconds)] of the Claude Code sessions."""
+    series = {}
+    for name, server in servers.items():
+        by_turn = (server.get("claude_code_sessions") or {}).get("ttft_by_turn") or {}
+        points = sorted((int(turn), stats["median_ttft_ms"] / 1000) for turn, stats in by_turn.items()
+                        if stats["median_ttft_ms"] == stats["median_ttft_ms"])  # NaN: no turn succeeded
+        if points:
+            series[name] = points
+    return series
+
+
+def draw_turns(servers: dict, output: Path) -> None:
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    series = turn_series(servers)
+    for name, points in series.items():
         xs, ys = zip(*points)
-        left.plot(xs, ys, marker="o", color=COLORS.get(name), label=LABELS.get(name, name),
-                  linestyle="--" if name == "raw forward" else "-")
-    left.set_xscale("log", base=2)
-    ticks = sorted({x for points in curves.values() for x, _ in points})
-    left.set_xticks(ticks, [str(tick) for tick in ticks])
-    left.set_xlabel("concurrent requests (batch for the raw forward)")
-    left.set_ylabel("output tokens / s")
-    left.set_title("Decode throughput, short prompts, 64 tokens each")
-    left.grid(True, alpha=0.3)
-    left.legend()
+        axis.plot(xs, ys, marker="o", **_style(name))
+    axis.set_xticks(sorted({x for points in series.values() for x, _ in points}))
+    axis.set_xlabel("conversation turn")
+    axis.set_ylabel("median TTFT (s)")
+    axis.set_title("Claude Code sessions: TTFT by turn")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    _save(figure, output)
 
-    labels = list(dict.fromkeys(label for values in bars.values() for label in values))
-    width = 0.8 / max(len(bars), 1)
-    for index, (name, values) in enumerate(bars.items()):
-        positions = [i + (index - (len(bars) - 1) / 2) * width for i in range(len(labels))]
-        heights = [values.get(label, 0.0) for label in labels]
-        drawn = right.bar(positions, heights, width, color=COLORS.get(name), label=LABELS.get(name, name))
-        right.bar_label(drawn, fmt="%.1f", fontsize=8)
-    right.set_xticks(range(len(labels)), labels)
-    right.set_ylabel("mean time to first token (s)")
-    right.set_title("TTFT (lower is better)")
-    right.legend()
 
+def gap_points(run: dict) -> list[tuple[float, float]]:
+    """(arrival time from the long prompt's arrival in s, gap in ms) of every stream token after its first."""
+    zero = run["long_sent_s"]
+    return [(later - zero, (later - earlier) * 1000) for times in run["timeline"]
+            for earlier, later in zip(times, times[1:])]
+
+
+def draw_prefill(servers: dict, output: Path) -> None:
+    runs = {name: server["prefill_interference"] for name, server in servers.items()
+            if server.get("prefill_interference")}
+    figure, axes = plt.subplots(len(runs), 1, figsize=(10, 3.2 * len(runs)), squeeze=False, sharex=True)
+    for axis, (name, run) in zip(axes[:, 0], runs.items()):
+        points = gap_points(run)
+        if points:
+            axis.scatter(*zip(*points), s=6, **_style(name))
+        axis.axvspan(0, run["long_first_token_s"] - run["long_sent_s"], color="tab:red", alpha=0.12,
+                     label=f"cold {run['long_prompt_tokens']}-token prompt prefilling")
+        axis.set_yscale("log")
+        axis.set_ylabel("inter-token gap (ms)")
+        axis.set_title(f"{LABELS.get(name, name)}: {run['streams']} streams; gap p99 "
+                       f"{run['gaps_before']['p99_ms']:.0f} ms before, {run['gaps_during']['p99_ms']:.0f} ms during")
+        axis.grid(True, alpha=0.3)
+        axis.legend(loc="upper left")
+    axes[-1, 0].set_xlabel("time from the long prompt's arrival (s)")
+    _save(figure, output)
+
+
+def _save(figure, output: Path) -> None:
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    figure.savefig(output, dpi=110)
     plt.close(figure)
+    print(f"wrote {output}")
 
 
 def main() -> None:
-    serve, engine = _load("serve_bench"), _load("engine_bench")
-    curves, bars = throughput_curves(serve, engine), ttft_bars(serve)
-    if not curves and not bars:
-        print("no results to plot")
+    serving, engine = load("serving_bench"), load("engine_bench")
+    servers = {name: result for name, result in ((serving or {}).get("servers") or {}).items()
+               if "error" not in result}
+    if not servers:
+        print("no serving results to plot")
         return
-    draw(curves, bars, OUTPUT)
-    print(f"wrote {OUTPUT}")
+    draw_throughput(servers, engine, THROUGHPUT_PNG)
+    draw_turns(servers, TURNS_PNG)
+    draw_prefill(servers, PREFILL_PNG)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import claude_code_conversation as cc
 import pytest
+
+from benchmarks import claude_code_traffic as cc
 from http_client import sse_lines
 from live_server import LiveServer, start_server
 

@@ -5,10 +5,17 @@ suffix changes on every request, an identity line, a long instruction text with 
 memory path in its middle), a dozen tools with nested JSON schemas plus deferred ones, a first user
 turn led by a <system-reminder>, a mid-conversation system message with the environment, and
 cache_control on the newest block. Everything is deterministic.
+
+`scale` sizes the text parts (tool descriptions, the instructions, the reminder's notes) against the
+CLI's own first request (2.1.332: 12 tools in ~31 KB of JSON, ~1.6k tokens of system prompt, ~2.7k of
+messages; ~12.8k tokens in all): 1.0 is that size, 0.25 a quarter; a part is cut at a word or repeated
+to reach its size. None keeps the texts as written here (about 0.3 of the CLI's size).
 """
 
 import copy
+import functools
 import hashlib
+import json
 from typing import Any
 
 MODEL = "claude-sonnet-4-5"
@@ -17,6 +24,22 @@ MESSAGES_PATH = "/v1/messages?beta=true"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens?beta=true"
 EPHEMERAL = {"type": "ephemeral"}
 SCHEMA = "http://json-schema.org/draft-07/schema#"
+# The text sizes of the CLI's first request that scale 1.0 stands for, in characters.
+CLI_TOOLS_JSON_CHARS = 31_000
+CLI_INSTRUCTIONS_CHARS = 6_000
+CLI_REMINDER_CHARS = 10_000
+
+
+def stretched(text: str, chars: int, separator: str = " ") -> str:
+    """`text` cut at a word boundary, or repeated (joined by `separator`), to about `chars` characters;
+    one word at least."""
+    copies = chars // (len(text) + len(separator)) + 1
+    repeated = separator.join([text] * copies)
+    if len(repeated) <= chars:
+        return repeated
+    head = repeated[:chars + 1]
+    cut = head.rsplit(" ", 1)[0].rstrip() if " " in head else ""
+    return cut or text.split(" ", 1)[0]
 
 
 def _string(description: str) -> dict[str, Any]:
@@ -177,12 +200,24 @@ DEFERRED_TOOLS: dict[str, dict[str, Any]] = {
 }
 
 
-def tools(loaded: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def tools(loaded: tuple[str, ...] = (), scale: float | None = None) -> list[dict[str, Any]]:
     """The core tools, then the deferred ones in alphabetical order (defer_loading set): the
     placeholder always, and each tool in `loaded` once tool search loaded it."""
     names = sorted({"DeferredPlaceholder", *loaded})
-    return copy.deepcopy(CORE_TOOLS) + [{**copy.deepcopy(DEFERRED_TOOLS[name]),
-                                         "defer_loading": True} for name in names]
+    return copy.deepcopy(_core_tools(scale)) + [{**copy.deepcopy(DEFERRED_TOOLS[name]),
+                                                 "defer_loading": True} for name in names]
+
+
+@functools.cache
+def _core_tools(scale: float | None) -> list[dict[str, Any]]:
+    """CORE_TOOLS with their descriptions sized so that the tools' JSON is `scale` of the CLI's."""
+    if scale is None:
+        return CORE_TOOLS
+    descriptions = sum(len(tool["description"]) for tool in CORE_TOOLS)
+    schemas = len(json.dumps(CORE_TOOLS)) - descriptions
+    factor = max(scale * CLI_TOOLS_JSON_CHARS - schemas, 0) / descriptions
+    return [{**tool, "description": stretched(tool["description"], round(len(tool["description"]) * factor))}
+            for tool in CORE_TOOLS]
 
 
 IDENTITY = "You are Helm, a command-line assistant for software work."
@@ -243,28 +278,40 @@ def billing_line(request_number: int) -> str:
     return f"x-anthropic-billing-header: cc_version=2.1.332.{digest[:3]}; cc_entrypoint=sdk-cli;{cch}"
 
 
-def system(request_number: int, workdir: str) -> list[dict[str, Any]]:
-    instructions = _INSTRUCTIONS_BEFORE_MEMORY + memory_path(workdir) + _INSTRUCTIONS_AFTER_MEMORY
+def system(request_number: int, workdir: str, scale: float | None = None) -> list[dict[str, Any]]:
+    before, after = _INSTRUCTIONS_BEFORE_MEMORY, _INSTRUCTIONS_AFTER_MEMORY
+    if scale is not None:
+        factor = scale * CLI_INSTRUCTIONS_CHARS / (len(before) + len(after))
+        before = stretched(before, round(len(before) * factor), "\n\n") + " "
+        after = " " + stretched(after, round(len(after) * factor), "\n\n")
+    instructions = before + memory_path(workdir) + after
     return [{"type": "text", "text": billing_line(request_number)},
             {"type": "text", "text": IDENTITY},
             {"type": "text", "text": instructions, "cache_control": EPHEMERAL}]
 
 
-_REMINDER = """<system-reminder>
+_REMINDER_HEAD = """<system-reminder>
 As you answer the user's questions, you can use the following context:
 # Project notes
 Contents of /home/u/.claude/NOTES.md (the user's private notes for all projects):
 
-- Run tests with the project's own runner; never install packages globally.
+"""
+_REMINDER_NOTES = """- Run tests with the project's own runner; never install packages globally.
 - Keep pull requests small, one topic each.
-- Prefer standard-library solutions over new dependencies.
+- Prefer standard-library solutions over new dependencies."""
+_REMINDER_TAIL = """
 
 IMPORTANT: this context may or may not be relevant to your tasks. Do not respond to it unless it is highly relevant to your task.
 </system-reminder>"""
 
 
-def first_user_turn(prompt: str) -> dict[str, Any]:
-    return {"role": "user", "content": [{"type": "text", "text": _REMINDER},
+def first_user_turn(prompt: str, scale: float | None = None) -> dict[str, Any]:
+    notes = _REMINDER_NOTES
+    if scale is not None:
+        notes = stretched(notes, round(scale * CLI_REMINDER_CHARS) - len(_REMINDER_HEAD + _REMINDER_TAIL),
+                          "\n")
+    reminder = _REMINDER_HEAD + notes + _REMINDER_TAIL
+    return {"role": "user", "content": [{"type": "text", "text": reminder},
                                         {"type": "text", "text": prompt}]}
 
 
@@ -304,13 +351,13 @@ def _with_cache_control_on_newest_block(messages: list[dict[str, Any]]) -> list[
 
 
 def request_body(messages: list[dict[str, Any]], request_number: int, workdir: str,
-                 loaded_tools: tuple[str, ...] = ()) -> dict[str, Any]:
+                 loaded_tools: tuple[str, ...] = (), scale: float | None = None) -> dict[str, Any]:
     """One model call of the main conversation, as the CLI sends it."""
     return {
         "model": MODEL,
         "messages": _with_cache_control_on_newest_block(messages),
-        "system": system(request_number, workdir),
-        "tools": tools(loaded_tools),
+        "system": system(request_number, workdir, scale),
+        "tools": tools(loaded_tools, scale),
         "metadata": {"user_id": "user_5f0c8e_account__session_tests"},
         "max_tokens": 32000,
         "thinking": {"type": "adaptive", "display": "omitted"},
