@@ -5,7 +5,6 @@ OpenAI's.
 """
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +21,8 @@ from api.models import health, list_models, retrieve_model, root, version
 from api.openai import errors as openai_errors
 from api.openai.chat import chat_completions
 from api.openai.completions import completions
-from api.sessions import protocol_of, supplied_api_key
+from api.api_keys import is_accepted, supplied_api_key
+from api.sessions import protocol_of
 
 log = logging.getLogger("pagedmlx.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,12 +105,12 @@ async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.St
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With --api-key, /v1/* needs it as a bearer token or in x-api-key; the rest stays open."""
-    key = request.app[CONTEXT].settings.api_key
-    if key and request.path.startswith("/v1/"):
+    keys = request.app[CONTEXT].api_keys
+    if keys and request.path.startswith("/v1/"):
         supplied = supplied_api_key(request)
         if supplied is None:
             raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' "
                            "or 'x-api-key: <key>'", code="invalid_api_key")
-        if not hmac.compare_digest(supplied.encode(), key.encode()):
+        if not is_accepted(supplied, keys):
             raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
     return await handler(request)

@@ -38,7 +38,8 @@ class Choice:
         try:
             self._stream = self._ctx.engine.submit(
                 self._prompt_ids, self._sampling, request_id=self.request_id,
-                session=self._origin.session, on_finish=self._observe_finish)
+                cache_salt=self._origin.cache_salt, session=self._origin.session,
+                on_finish=self._observe_finish)
         except RequestRejected as error:
             raise bad_request(str(error), code="request_rejected") from None
         except EngineUnavailable as error:

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from api.api_keys import load_api_keys
 from api.claude_launcher import CLAUDE_SERVE_ARGS, print_claude_env, run_claude
 from api.settings import (
     Settings,
@@ -87,12 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pagedmlx: error: {error}", file=sys.stderr)
         return 2
     base_url = f"http://{settings.host}:{settings.port}"
+    if args.command in ("claude-env", "claude"):
+        try:
+            client_key = next(iter(load_api_keys(settings.api_key, settings.api_key_file)), None)
+        except ValueError as error:
+            print(f"pagedmlx: error: {error}", file=sys.stderr)
+            return 2
     if args.command == "claude-env":
-        return print_claude_env(base_url, settings.api_key)
+        return print_claude_env(base_url, client_key)
     if args.command == "claude":
         claude_args = args.claude_args[1:] if args.claude_args[:1] == ["--"] else args.claude_args
         serve_flags = argv[1:len(argv) - len(args.claude_args)]
-        return run_claude(base_url, settings.api_key, [*CLAUDE_SERVE_ARGS, *serve_flags],
+        return run_claude(base_url, client_key, [*CLAUDE_SERVE_ARGS, *serve_flags],
                           claude_args)
     # Re-execs the process with OpenBLAS preloaded, so it must run before mlx is imported.
     from engine.blas import ensure_blas_preloaded

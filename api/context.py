@@ -33,6 +33,8 @@ class ServerContext:
     tool_parser_name: str           # the format of tool calls in this model's answers
     grammar: Any                    # engine.guided.GrammarCompiler, for constrained decoding
     reasoning_markers: tuple[str, str] | None = None   # ("<think>", "</think>") for such models
+    max_queue: int | None = None    # requests waiting for the engine past which new ones are refused
+    api_keys: tuple[str, ...] = ()  # accepted on /v1/*, each a tenant; none: no key is checked
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
     inflight: set[asyncio.Task] = field(default_factory=set)    # handler tasks, for shutdown

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from api.choice import Choice
+from api.back_pressure import overloaded, queue_is_full
 from api.context import ServerContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, bad_request
@@ -83,7 +84,12 @@ def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]]
                    make_stages: Callable[[], TextStages], origin: Origin,
                    constraints: Sequence[object] | None = None) -> Submission:
     """n choices per prompt (index = prompt * n + i), submitted to the engine. constraints: one
-    per choice (compiled grammars), or None."""
+    per choice (compiled grammars), or None. Raises the protocol's overload error past
+    --max-queue."""
+    queued = ctx.engine.num_queued
+    if queue_is_full(queued, len(prompts) * params.n, ctx.max_queue):
+        ctx.metrics.count_queue_full()
+        raise overloaded(queued, ctx.max_queue, origin.protocol)
     headers: dict[str, str] = {}
     stop_ids = () if params.ignore_eos else ctx.eos_token_ids
     choices = []

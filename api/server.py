@@ -11,7 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+from api.api_keys import load_api_keys
 from api.app import create_app
+from api.back_pressure import default_max_queue
 from api.context import ServerContext
 from api.metrics import Metrics
 from api.prompt_render import template_supports_tools
@@ -43,6 +45,7 @@ def serve(settings: Settings) -> int:
         config = _scheduler_config(settings, loaded)
         runner = ModelRunner(loaded, config.num_blocks, config.block_size)
         fault = FaultPlan.from_env()
+        api_keys = load_api_keys(settings.api_key, settings.api_key_file)
     except (StartupError, ValueError) as error:
         print(f"pagedmlx: error: {error}", file=sys.stderr)
         return 1
@@ -68,6 +71,9 @@ def serve(settings: Settings) -> int:
                           if settings.tool_call_parser == "auto" else settings.tool_call_parser),
         grammar=GrammarCompiler(encode_tokenizer, loaded.eos_token_ids),
         reasoning_markers=reasoning_markers(template, vocab),
+        api_keys=api_keys,
+        max_queue=settings.max_queue or default_max_queue(
+            config.num_blocks * config.block_size, config.max_num_seqs),
     )
     _print_startup(loaded, config, ctx)
     return _run(_serve_until_signal(ctx))
@@ -120,6 +126,7 @@ def _print_startup(loaded: LoadedModel, config: SchedulerConfig, ctx: ServerCont
         f"  kv cache: {config.num_blocks} blocks x {config.block_size} tokens = {pool_tokens} "
         f"tokens, {config.num_blocks * block_bytes / 2**30:.2f} GB",
         f"  context:  {config.context_limit} tokens, up to {config.max_num_seqs} sequences at once",
+        f"  queue:    up to {ctx.max_queue} requests waiting (--max-queue)",
         f"  tools:    {ctx.tool_parser_name} calls, "
         + ("through the chat template" if template_supports_tools(loaded.tokenizer)
            else "fallback tool prompt (the chat template has no tool support)"),

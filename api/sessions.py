@@ -6,10 +6,11 @@ it); other clients may send x-session-id. Without either, the API key stands for
 the scheduler never holds a key), and requests with no key share one anonymous session.
 """
 
-import hashlib
 from dataclasses import dataclass
 
 from aiohttp import web
+
+from api.api_keys import key_digest, supplied_api_key
 
 SESSION_HEADERS = ("X-Claude-Code-Session-Id", "x-session-id")
 MAX_SESSION_ID = 200
@@ -20,10 +21,14 @@ ANTHROPIC_PREFIX = "/v1/messages"
 class Origin:
     session: str   # client_session's key; "" for anonymous clients
     protocol: str  # "anthropic" or "openai"
+    cache_salt: str | None = None  # the tenant's, under API keys: its prefix cache is its own
 
 
-def request_origin(request: web.Request) -> Origin:
-    return Origin(client_session(request), protocol_of(request.path))
+def request_origin(request: web.Request, tenants: bool) -> Origin:
+    """tenants: the server checks API keys, and each key is a tenant (api.api_keys)."""
+    key = supplied_api_key(request) if tenants else None
+    salt = "tenant:" + key_digest(key) if key else None
+    return Origin(client_session(request), protocol_of(request.path), salt)
 
 
 def protocol_of(path: str) -> str:
@@ -37,14 +42,4 @@ def client_session(request: web.Request) -> str:
         if value:
             return f"{header.lower()}:{value[:MAX_SESSION_ID]}"
     key = supplied_api_key(request)
-    if key:
-        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    return ""
-
-
-def supplied_api_key(request: web.Request) -> str | None:
-    """The key sent as 'Authorization: Bearer <key>' or in x-api-key."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key")
+    return "key:" + key_digest(key) if key else ""

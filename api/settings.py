@@ -49,8 +49,17 @@ class Settings:
     api_key: str | None = _option(
         None, "require this key as 'Authorization: Bearer KEY' or 'x-api-key' on /v1/*"
     )
+    api_key_file: str | None = _option(
+        None, "accept the keys in this file too, one per line: each key is a tenant, whose "
+        "prefix cache no other key can hit"
+    )
     max_num_seqs: int | None = _option(
         None, "most sequences running at once (default: the scheduler's)"
+    )
+    max_queue: int | None = _option(
+        None, "most requests waiting for the engine; past it new ones get 429 (OpenAI) or 529 "
+        "(Anthropic) with Retry-After (default: 4x --max-num-seqs, or the KV pool / 2048 tokens "
+        "if more)"
     )
     max_num_batched_tokens: int | None = _option(
         None, "most tokens (decode rows + prefill chunks) in one step (default: the scheduler's)"
@@ -102,7 +111,7 @@ class Settings:
         for name in ("port", "block_size"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.port < 65536, "port", "must be below 65536")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len",
+        for name in ("max_num_seqs", "max_queue", "max_num_batched_tokens", "max_model_len",
                      "default_max_tokens", "max_step_ms", "kv_cache_gb"):
             value = getattr(self, name)
             _require(value is None or value > 0, name, "must be positive")

@@ -107,6 +107,12 @@ class EngineLoop:
     def stats(self) -> EngineStats:
         return self._stats
 
+    @property
+    def num_queued(self) -> int:
+        """Requests submitted and not running: waiting, or not yet taken from the inbox."""
+        with self._lock:
+            return max(len(self._live) - self._stats.num_running, 0)
+
     def health(self) -> str | None:
         """None while the engine thread runs; otherwise why it does not."""
         if self._dead_reason is not None:

@@ -39,12 +39,18 @@ class Metrics:
         families.gauge_function("pagedmlx:sessions_active", "Clients (by X-Claude-Code-Session-Id, "
                                 "x-session-id or API key) with a request accepted for generation in the last "
                                 f"{self.sessions.window_s:g} s.", self.sessions.count)
+        self._queue_full = families.counter(
+            "pagedmlx:queue_full_rejections", "Requests refused because --max-queue requests "
+            "were waiting (429 / 529 with Retry-After).")
         self._tool_calls = {outcome: families.counter(f"pagedmlx:tool_calls_{outcome}", doc)
                             for outcome, doc in TOOL_CALL_OUTCOMES.items()}
 
     def observe_step(self, report: StepReport) -> None:
         """The engine's step observer: runs on the engine thread."""
         self.steps.observe(report)
+
+    def count_queue_full(self) -> None:
+        self._queue_full.inc()
 
     def count_tool_calls(self, calls: int, broken: int) -> None:
         self._tool_calls["emitted"].inc(calls)

@@ -64,6 +64,7 @@ OURS = {
     "pagedmlx:tool_calls_parsed": ("counter", ()),
     "pagedmlx:tool_calls_failed": ("counter", ()),
     "pagedmlx:http_requests": ("counter", ("method", "route", "status")),
+    "pagedmlx:queue_full_rejections": ("counter", ()),
     "pagedmlx:engine_failed_steps": ("counter", ()),
     "pagedmlx:kv_pool_rebuilds": ("counter", ()),
 }
