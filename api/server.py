@@ -2,6 +2,7 @@
 
 import asyncio
 import copy
+import ipaddress
 import logging
 import signal
 import sys
@@ -51,6 +52,10 @@ def serve(settings: Settings) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    if not api_keys and not _is_loopback(settings.host):
+        log.warning("WARNING: listening on %s with no API key: anyone who can reach this port "
+                    "can use the model and read the prefix cache's timings; set --api-key or "
+                    "--api-key-file", settings.host)
     model_name = settings.served_model_name or loaded.model_id
     metrics = Metrics(model_name, config.context_limit, lambda: engine.stats)
     engine = EngineLoop(runner, config, model_name, fault=fault, step_observer=metrics.observe_step)
@@ -77,6 +82,13 @@ def serve(settings: Settings) -> int:
     )
     _print_startup(loaded, config, ctx)
     return _run(_serve_until_signal(ctx))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return host == "localhost"
 
 
 def _load(settings: Settings) -> LoadedModel:

@@ -41,7 +41,8 @@ class Settings:
         "model to serve: a GGUF file, an mlx-lm model folder or a Hugging Face repo id "
         "(default: the bundled SmolLM2-135M-Instruct)",
     )
-    host: str = _option("127.0.0.1", "address to bind; use 0.0.0.0 to accept remote clients")
+    host: str = _option("127.0.0.1", "address to bind; use 0.0.0.0 to accept remote clients (a "
+                        "warning is printed when that is done without an API key)")
     port: int = _option(8081, "TCP port to listen on")
     served_model_name: str | None = _option(
         None, "model name reported by /v1/models (default: the model's own name)"

@@ -120,6 +120,19 @@ def test_startup_errors_print_one_line_and_exit_nonzero(args, exit_code, message
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+def test_listening_beyond_loopback_without_a_key_warns(tmp_path):
+    live = start_server(tmp_path, "--host", "0.0.0.0")
+    try:
+        assert "listening on 0.0.0.0 with no API key" in live.log()
+    finally:
+        live.stop()
+    quiet = start_server(tmp_path, "--host", "0.0.0.0", "--api-key", KEY)
+    try:
+        assert "with no API key" not in quiet.log()
+    finally:
+        quiet.stop()
+
+
 def test_allow_long_context_permits_a_longer_window_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("PAGEDMLX_ALLOW_LONG_CONTEXT", "1")
     live = start_server(tmp_path, "--max-model-len", "16384", "--kv-cache-gb", "1")
