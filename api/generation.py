@@ -10,7 +10,7 @@ from api.back_pressure import overloaded, queue_is_full
 from api.context import ServerContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, bad_request
-from api.sessions import Origin
+from api.sessions import Origin, salted
 from api.text_stages import TextStages
 from engine.sampling_params import SamplingParams
 from scheduler.request import AbortCause
@@ -31,6 +31,7 @@ class GenerationParams:
     ignore_eos: bool
     logprobs: int | None
     sampling: SamplingParams
+    cache_salt: str | None = None  # the request's own (OpenAI's body field), beside its tenant's
 
 
 class ContextLengthError(APIError):
@@ -90,6 +91,7 @@ def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]]
     if queue_is_full(queued, len(prompts) * params.n, ctx.max_queue):
         ctx.metrics.count_queue_full()
         raise overloaded(queued, ctx.max_queue, origin.protocol)
+    origin = salted(origin, params.cache_salt)
     headers: dict[str, str] = {}
     stop_ids = () if params.ignore_eos else ctx.eos_token_ids
     choices = []

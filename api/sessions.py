@@ -6,7 +6,7 @@ it); other clients may send x-session-id. Without either, the API key stands for
 the scheduler never holds a key), and requests with no key share one anonymous session.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -29,6 +29,13 @@ def request_origin(request: web.Request, tenants: bool) -> Origin:
     key = supplied_api_key(request) if tenants else None
     salt = "tenant:" + key_digest(key) if key else None
     return Origin(client_session(request), protocol_of(request.path), salt)
+
+
+def salted(origin: Origin, request_salt: str | None) -> Origin:
+    """The origin with a request's own cache salt added to its tenant's."""
+    if request_salt is None:
+        return origin
+    return replace(origin, cache_salt=f"{origin.cache_salt or ''}|request:{request_salt}")
 
 
 def protocol_of(path: str) -> str:

@@ -164,7 +164,16 @@ def _generation_params(
         ignore_eos=_bool(body, "ignore_eos"),
         logprobs=logprobs,
         sampling=sampling,
+        cache_salt=_cache_salt(body),
     )
+
+
+def _cache_salt(body: dict[str, Any]) -> str | None:
+    """vLLM's field: requests with different salts share no prefix-cache blocks."""
+    salt = _get(body, "cache_salt", str)
+    if salt is not None and not salt:
+        raise bad_request("'cache_salt' must be a non-empty string", "cache_salt")
+    return salt
 
 
 def _top_logprobs_for_chat(body: dict[str, Any]) -> int | None:

@@ -46,3 +46,21 @@ def test_an_unreadable_or_empty_key_file_stops_the_server_at_start(tmp_path):
     for path in (empty, tmp_path / "missing"):
         with pytest.raises(RuntimeError, match="--api-key-file"):
             start_server(tmp_path, "--api-key-file", str(path))
+
+
+def test_a_cache_salt_keeps_requests_under_one_key_apart(tenants: LiveServer):
+    salted = {**PROMPT, "messages": [{"role": "user", "content": "Salted and private: a prompt "
+                                      "that fills a few blocks of the prefix cache."}]}
+
+    def cached(salt: str) -> int:
+        reply = request(tenants.port, "POST", CHAT, {**salted, "cache_salt": salt},
+                        {"Authorization": "Bearer alpha-key"})
+        assert reply.status == 200, reply.body
+        return reply.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    assert cached("first") == 0
+    assert cached("first") > 0
+    assert cached("second") == 0
+    reply = request(tenants.port, "POST", CHAT, {**salted, "cache_salt": ""},
+                    {"Authorization": "Bearer alpha-key"})
+    assert reply.status == 400 and reply.json()["error"]["param"] == "cache_salt"
