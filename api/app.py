@@ -21,6 +21,7 @@ from api.models import health, list_models, retrieve_model, root, version
 from api.openai import errors as openai_errors
 from api.openai.chat import chat_completions
 from api.openai.completions import completions
+from api.request_ids import add_request_id_headers
 from api.api_keys import is_accepted, supplied_api_key
 from api.sessions import protocol_of
 
@@ -36,6 +37,7 @@ def create_app(ctx: ServerContext) -> web.Application:
         client_max_size=int(ctx.settings.max_body_mb * MB),
     )
     app[CONTEXT] = ctx
+    app.on_response_prepare.append(add_request_id_headers)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/messages", messages)

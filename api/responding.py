@@ -17,6 +17,7 @@ from api.context import ServerContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, json_response
 from api.generation import Submission, Usage, merged_deltas, usage
+from api.request_ids import request_id_of
 from api.results import ChoiceResult
 from api.sse import EventStream
 
@@ -49,8 +50,9 @@ async def respond(request: web.Request, ctx: ServerContext, submission: Submissi
         _count_tool_calls(ctx, submission)
         figures = usage(submission)
         ttft = submission.choices[0].ttft_s
-        log.info("%s: %d prompt tokens (%d cached), %d generated, first token after %s, "
-                 "session %s", submission.request_id, figures.prompt_tokens, figures.cached_tokens,
+        log.info("%s (%s): %d prompt tokens (%d cached), %d generated, first token after %s, "
+                 "session %s", submission.request_id, request_id_of(request),
+                 figures.prompt_tokens, figures.cached_tokens,
                  figures.completion_tokens, "-" if ttft is None else f"{ttft:.2f} s",
                  submission.origin.session or "anonymous")
 

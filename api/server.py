@@ -18,6 +18,7 @@ from api.back_pressure import default_max_queue
 from api.context import ServerContext
 from api.metrics import Metrics
 from api.prompt_render import template_supports_tools
+from api.request_ids import ACCESS_LOG_FORMAT
 from api.reasoning import reasoning_markers
 from api.settings import Settings
 from api.tool_calls import choose_parser_name
@@ -157,7 +158,8 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 async def _serve_until_signal(ctx: ServerContext) -> int:
     settings = ctx.settings
     ctx.engine.start()
-    runner = web.AppRunner(create_app(ctx), handler_cancellation=True)
+    runner = web.AppRunner(create_app(ctx), handler_cancellation=True,
+                           access_log_format=ACCESS_LOG_FORMAT)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
