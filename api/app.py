@@ -92,10 +92,12 @@ def _from_http_exception(request: web.Request, error: web.HTTPException) -> APIE
 
 @web.middleware
 async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """While shutting down, new requests get 503; running ones are tracked for the grace period."""
+    """While shutting down, new requests get 503 (529 overloaded_error on Anthropic's routes, which
+    Claude Code retries); running ones are tracked for the grace period."""
     ctx = request.app[CONTEXT]
     if ctx.shutting_down and request.path != "/health":
-        raise APIError(503, "The server is shutting down", code="shutting_down")
+        status = 529 if protocol_of(request.path) == "anthropic" else 503
+        raise APIError(status, "The server is shutting down", code="shutting_down")
     task = asyncio.current_task()
     ctx.inflight.add(task)
     try:

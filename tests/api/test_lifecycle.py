@@ -99,6 +99,9 @@ def test_sigterm_finishes_streams_refuses_new_requests_and_exits_zero(keyed_serv
     while (reply := request(keyed_server.port, "GET", "/v1/models", headers=AUTH)).status != 503:
         assert time.monotonic() < deadline, "no 503 after SIGTERM"
     assert reply.json()["error"]["code"] == "shutting_down"
+    refused = request(keyed_server.port, "POST", "/v1/messages",
+                      {"model": "smol", "max_tokens": 4, "messages": body["messages"]}, AUTH)
+    assert refused.status == 529 and refused.json()["error"]["type"] == "overloaded_error"
     assert request(keyed_server.port, "GET", "/health").status == 503
     rest = list(lines)
     connection.close()
