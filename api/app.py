@@ -14,6 +14,7 @@ from aiohttp import web
 from api.anthropic import errors as anthropic_errors
 from api.anthropic.count_tokens import count_tokens
 from api.anthropic.messages import messages
+from api.api_keys import is_accepted, supplied_api_key
 from api.context import CONTEXT, ServerContext
 from api.errors import APIError, json_response
 from api.metrics import http_metrics_middleware, metrics_endpoint
@@ -22,7 +23,6 @@ from api.openai import errors as openai_errors
 from api.openai.chat import chat_completions
 from api.openai.completions import completions
 from api.request_ids import add_request_id_headers
-from api.api_keys import is_accepted, supplied_api_key
 from api.sessions import protocol_of
 
 log = logging.getLogger("pagedmlx.api")

@@ -21,6 +21,6 @@ def queue_is_full(queued: int, arriving: int, max_queue: int | None) -> bool:
 def overloaded(queued: int, max_queue: int, protocol: str) -> APIError:
     status = 529 if protocol == "anthropic" else 429
     return APIError(status, f"The server is overloaded: {queued} requests are waiting "
-                   f"(--max-queue {max_queue}); retry in a moment",
+                    f"(--max-queue {max_queue}); retry in a moment",
                     error_type="rate_limit_exceeded" if status == 429 else None,
                     code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})

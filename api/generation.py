@@ -5,8 +5,8 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from api.choice import Choice
 from api.back_pressure import overloaded, queue_is_full
+from api.choice import Choice
 from api.context import ServerContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, bad_request

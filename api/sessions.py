@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from api.api_keys import key_digest, supplied_api_key
+from api.context import CONTEXT
 
 SESSION_HEADERS = ("X-Claude-Code-Session-Id", "x-session-id")
 MAX_SESSION_ID = 200
@@ -24,9 +25,9 @@ class Origin:
     cache_salt: str | None = None  # the tenant's, under API keys: its prefix cache is its own
 
 
-def request_origin(request: web.Request, tenants: bool) -> Origin:
-    """tenants: the server checks API keys, and each key is a tenant (api.api_keys)."""
-    key = supplied_api_key(request) if tenants else None
+def request_origin(request: web.Request) -> Origin:
+    """Under API keys each key is a tenant (api.api_keys), with a cache salt of its own."""
+    key = supplied_api_key(request) if request.app[CONTEXT].api_keys else None
     salt = "tenant:" + key_digest(key) if key else None
     return Origin(client_session(request), protocol_of(request.path), salt)
 

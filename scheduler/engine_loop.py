@@ -35,8 +35,8 @@ from scheduler.token_events import FinishCallback, Outbox, RequestStream, Subscr
 if TYPE_CHECKING:  # the runner brings MLX; this module must import without it
     from engine.runner import ModelRunner
 
-__all__ = ["AbortCause", "EngineLoop", "EngineStats", "EngineUnavailable", "RequestRejected", "RequestStream",
-           "TokenEvent"]
+__all__ = ["AbortCause", "EngineLoop", "EngineStats", "EngineUnavailable", "RequestRejected",
+           "RequestStream", "TokenEvent"]
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class EngineLoop:
         for request, output in self.scheduler.update(out, outputs, duration_s * 1000):
             self._emit(request, output)
         if self._step_observer is not None:
-            self._step_observer(StepReport.of(out.shape, duration_s, self.runner.last_step_runs))
+            self._step_observer(StepReport(duration_s, out.shape, self.runner.last_step_runs))
         return True
 
     def _step_failed(self, out: SchedulerOutput, error: Exception) -> None:

@@ -9,24 +9,14 @@ from scheduler.cost_model import StepShape
 @dataclass(frozen=True, slots=True)
 class StepReport:
     duration_s: float
-    decode_rows: int  # rows of one token: decodes, and prompts whose last token alone was left
-    prefill_rows: int  # prompt chunks of several tokens
-    prefill_tokens: int
+    shape: StepShape  # its rows: one-token rows (decode_rows) and prompt chunks (chunks, chunk_tokens)
     runs_per_seq: list[int]  # contiguous block runs of each row's block table
-
-    @classmethod
-    def of(cls, shape: StepShape, duration_s: float, runs_per_seq: list[int]) -> "StepReport":
-        return cls(duration_s, shape.decode_rows, shape.chunks, shape.chunk_tokens, runs_per_seq)
 
     @property
     def kind(self) -> str:
-        if not self.prefill_rows:
+        if not self.shape.chunks:
             return "decode"
-        return "mixed" if self.decode_rows else "prefill"
-
-    @property
-    def num_tokens(self) -> int:
-        return self.decode_rows + self.prefill_tokens
+        return "mixed" if self.shape.decode_rows else "prefill"
 
 
 StepObserver = Callable[[StepReport], None]

@@ -34,7 +34,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     make_stages = stages_factory(ctx, params.stop, all_tools, choice, prompt_ids)
     message_id = f"msg_{uuid.uuid4().hex}"
     submission = submit_choices(ctx, message_id, [prompt_ids], params, "messages", make_stages,
-                                request_origin(request, bool(ctx.api_keys)), constraints)
+                                request_origin(request), constraints)
     thinking = (body.thinking or {}).get("type") in ("enabled", "adaptive")
     shape = MessageShape(message_id, model, submission, ctx.block_size, ctx.claude_token_scale,
                          thinking)

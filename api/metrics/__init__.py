@@ -36,9 +36,10 @@ class Metrics:
         self.steps = StepMetrics(families)
         self.http = HttpMetrics(families)
         self.sessions = ActiveSessions()
-        families.gauge_function("pagedmlx:sessions_active", "Clients (by X-Claude-Code-Session-Id, "
-                                "x-session-id or API key) with a request accepted for generation in the last "
-                                f"{self.sessions.window_s:g} s.", self.sessions.count)
+        families.gauge_function(
+            "pagedmlx:sessions_active", "Clients (by X-Claude-Code-Session-Id, x-session-id or API "
+            f"key) with a request accepted for generation in the last {self.sessions.window_s:g} s.",
+            self.sessions.count)
         self._queue_full = families.counter(
             "pagedmlx:queue_full_rejections", "Requests refused because --max-queue requests "
             "were waiting (429 / 529 with Retry-After).")

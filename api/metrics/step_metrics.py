@@ -29,11 +29,12 @@ class StepMetrics:
             buckets.RUNS_PER_SEQ)
 
     def observe(self, report: StepReport) -> None:
-        self._iteration_tokens.observe(report.num_tokens)
+        shape = report.shape
+        self._iteration_tokens.observe(shape.num_tokens)
         self._duration[report.kind].observe(report.duration_s)
-        self._rows["decode"].observe(report.decode_rows)
-        self._rows["prefill"].observe(report.prefill_rows)
-        self._tokens["decode"].observe(report.decode_rows)
-        self._tokens["prefill"].observe(report.prefill_tokens)
+        self._rows["decode"].observe(shape.decode_rows)
+        self._rows["prefill"].observe(shape.chunks)
+        self._tokens["decode"].observe(shape.decode_rows)
+        self._tokens["prefill"].observe(shape.chunk_tokens)
         for runs in report.runs_per_seq:
             self._runs.observe(runs)

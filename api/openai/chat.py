@@ -35,7 +35,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     make_stages = stages_factory(ctx, params.stop, chat.tools, chat.tool_choice, prompt_ids)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     submission = submit_choices(ctx, request_id, [prompt_ids], params, "messages", make_stages,
-                                request_origin(request, bool(ctx.api_keys)), constraints)
+                                request_origin(request), constraints)
     shape = ChatShape(request_id, model, ctx.tokenizer, len(submission.choices),
                       params.include_usage)
     return await respond(request, ctx, submission, shape, params.stream)

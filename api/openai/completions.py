@@ -28,7 +28,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     stop = completion.params.stop
     submission = submit_choices(ctx, request_id, prompts, completion.params, "prompt",
-                                lambda: TextStages(stop), request_origin(request, bool(ctx.api_keys)))
+                                lambda: TextStages(stop), request_origin(request))
     n = completion.params.n
     echoes = [_prompt_text(ctx.tokenizer, completion.prompts[i // n]) if completion.echo else ""
               for i in range(len(submission.choices))]
