@@ -8,6 +8,7 @@ without /metrics) has no figures: None.
 import asyncio
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 HITS = "vllm:prefix_cache_hits_total"
 QUERIES = "vllm:prefix_cache_queries_total"
@@ -15,16 +16,9 @@ QUERIES = "vllm:prefix_cache_queries_total"
 
 def sample_sum(exposition: str, name: str) -> float | None:
     """The sum of the samples named `name` over all label sets in Prometheus text format; None if none."""
-    total, found = 0.0, False
-    for line in exposition.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, rest = line.partition(" ")
-        if head.split("{", 1)[0] != name:
-            continue
-        total += float(rest.split()[0])
-        found = True
-    return total if found else None
+    values = [sample.value for family in text_string_to_metric_families(exposition)
+              for sample in family.samples if sample.name == name]
+    return sum(values) if values else None
 
 
 def counters_from_exposition(exposition: str) -> dict[str, float] | None:

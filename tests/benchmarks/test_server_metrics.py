@@ -6,7 +6,7 @@ from benchmarks.server_metrics import counters_from_exposition, prefix_cache_hit
 EXPOSITION = """# HELP vllm:prefix_cache_hits_total Prefix cache hits, in tokens.
 # TYPE vllm:prefix_cache_hits_total counter
 vllm:prefix_cache_hits_total{engine="0",model_name="m"} 300.0
-vllm:prefix_cache_hits_total{engine="1",model_name="m"} 100.0
+vllm:prefix_cache_hits_total{engine="1",model_name="a model"} 100.0
 vllm:prefix_cache_hits_created{engine="0",model_name="m"} 1.7e9
 vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1000.0
 vllm:prefix_cache_queries_total_other 5
