@@ -2,6 +2,7 @@
 
 import http.client
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -69,3 +70,13 @@ def sse_lines(response: http.client.HTTPResponse):
         line = line.rstrip(b"\r\n")
         if line:
             yield line.decode()
+
+
+def read_contents(lines: Iterator[str], count: int) -> None:
+    """Reads SSE lines until `count` chat chunks carrying text have come."""
+    seen = 0
+    for line in lines:
+        seen += '"content":"' in line and '"content":""' not in line
+        if seen == count:
+            return
+    raise AssertionError(f"the stream ended before {count} chunks of text")

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,15 @@ TEST_PROFILE = [
 STARTUP_TIMEOUT_S = 180
 SERVER_LABELS = ("model_name", "engine")  # the same on every sample of one server
 PAGEDMLX = Path(sys.executable).with_name("pagedmlx")
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 60,
+             what: str = "the condition") -> None:
+    """Polls condition() until it holds; fails the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -2,13 +2,11 @@
 OpenAI's shape, 529 overloaded_error in Anthropic's (which Claude Code retries), counted in
 /metrics; once the queue drains, requests are served again."""
 
-import time
-
 import anthropic
 import openai
 import pytest
 from http_client import hang_up, open_stream, request, send, sse_lines
-from live_server import LiveServer, start_server
+from live_server import LiveServer, start_server, wait_for
 
 CHAT = "/v1/chat/completions"
 ASK = [{"role": "user", "content": "Count to one hundred."}]
@@ -24,13 +22,6 @@ def small_queue(tmp_path_factory: pytest.TempPathFactory):
 def busy(server: LiveServer) -> tuple[int, int]:
     health = server.get_json("/health")
     return health["num_requests_running"], health["num_requests_waiting"]
-
-
-def wait_for(condition, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_full_queue_refuses_in_each_protocols_shape_then_serves_again(small_queue: LiveServer):

@@ -1,9 +1,7 @@
 """A client that goes away aborts its request at once, and the KV pool is whole again."""
 
-import time
-
-from http_client import hang_up, open_stream, send, sse_lines
-from live_server import LiveServer
+from http_client import hang_up, open_stream, read_contents, send, sse_lines
+from live_server import LiveServer, wait_for
 
 CHAT = "/v1/chat/completions"
 MAX_TOKENS = 400
@@ -15,13 +13,6 @@ def long_request(stream: bool, words: int = 20) -> dict:
     text = " ".join(f"item{i}" for i in range(words))
     return {"messages": [{"role": "user", "content": f"Repeat forever: {text}"}],
             "max_tokens": MAX_TOKENS, "ignore_eos": True, "stream": stream}
-
-
-def wait_for(condition, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def assert_aborted_and_pool_whole(server: LiveServer, before: dict) -> None:
@@ -38,13 +29,7 @@ def test_disconnect_mid_stream_aborts(server: LiveServer):
     server.wait_until_idle()
     before = server.metrics()
     connection, response = open_stream(server.port, CHAT, long_request(stream=True))
-    lines = sse_lines(response)
-    contents = 0
-    for line in lines:
-        if '"content":"' in line and '"content":""' not in line:
-            contents += 1
-        if contents == 3:
-            break
+    read_contents(sse_lines(response), 3)
     hang_up(connection)
     assert_aborted_and_pool_whole(server, before)
     assert "client disconnected" in server.log() or "cancelled" in server.log()

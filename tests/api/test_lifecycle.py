@@ -6,7 +6,7 @@ import time
 import anthropic
 import openai
 import pytest
-from http_client import open_stream, request, sse_lines
+from http_client import open_stream, read_contents, request, sse_lines
 from live_server import PAGEDMLX, LiveServer, start_server
 
 KEY = "test-key-123"
@@ -93,7 +93,7 @@ def test_sigterm_finishes_streams_refuses_new_requests_and_exits_zero(keyed_serv
             "ignore_eos": True, "stream": True}
     connection, response = open_stream(keyed_server.port, "/v1/chat/completions", body, AUTH)
     lines = sse_lines(response)
-    next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+    read_contents(lines, 1)
     keyed_server.process.terminate()
     deadline = time.monotonic() + 10
     while (reply := request(keyed_server.port, "GET", "/v1/models", headers=AUTH)).status != 503:

@@ -1,9 +1,7 @@
 """Every finished request reaches the per-request histograms, whatever ended it."""
 
-import time
-
 from http_client import request
-from live_server import LiveServer
+from live_server import LiveServer, wait_for
 
 E2E = ("vllm:e2e_request_latency_seconds_count", ())
 TTFT = ("vllm:time_to_first_token_seconds_count", ())
@@ -19,10 +17,8 @@ def test_a_stop_string_finish_is_observed_in_the_histograms(server: LiveServer):
     assert reply.status == 200
     choice = reply.json()["choices"][0]
     assert choice["finish_reason"] == "stop" and reply.json()["usage"]["completion_tokens"] < 200
-    deadline = time.monotonic() + 30
-    while server.metrics()[E2E] == before.get(E2E, 0.0):  # the final event follows the stop
-        assert time.monotonic() < deadline, "the stop-string finish never reached the histograms"
-        time.sleep(0.05)
+    wait_for(lambda: server.metrics()[E2E] != before.get(E2E, 0.0), 30,  # it follows the stop
+             "the stop-string finish in the histograms")
     after = server.metrics()
     assert after[E2E] == before.get(E2E, 0.0) + 1
     assert after[TTFT] == before.get(TTFT, 0.0) + 1

@@ -3,7 +3,7 @@ from collections.abc import Iterator
 
 import known_workload
 import pytest
-from live_server import start_server
+from live_server import start_server, wait_for
 from observed import Observed
 from prometheus_server import PROMETHEUS, Prometheus
 
@@ -23,7 +23,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         expected = known_workload.run(server)
         server.wait_until_idle()
         finished = float(expected.num_requests)
-        _wait_until(lambda: server.metric("vllm:e2e_request_latency_seconds_count") == finished)
+        wait_for(lambda: server.metric("vllm:e2e_request_latency_seconds_count") == finished,
+                 what="every finish in /metrics")
         direct = server.metrics()
         # Series born late in the run (an error's status) need two samples before rate() sees them.
         settled = time.time() + 2 * SCRAPE_INTERVAL_S
@@ -46,12 +47,5 @@ def _wait_for_scrape(prometheus: Prometheus, condition, timeout_s: float = 60) -
         samples = prometheus.query("timestamp(vllm:num_requests_running)")
         return samples[0].value if samples else None
 
-    _wait_until(lambda: scraped() is not None and condition(), timeout_s)
+    wait_for(lambda: scraped() is not None and condition(), timeout_s, "a scrape")
     return scraped()
-
-
-def _wait_until(condition, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)

@@ -3,13 +3,12 @@
 Run against a server whose KV pool is tiny (POOL_BLOCKS), so that the concurrent burst preempts.
 """
 
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from http_client import hang_up, open_stream, request, sse_lines
-from live_server import LiveServer
+from http_client import hang_up, open_stream, read_contents, request, sse_lines
+from live_server import LiveServer, wait_for
 
 CHAT = "/v1/chat/completions"
 POOL_BLOCKS = 40
@@ -118,13 +117,7 @@ def run(server: LiveServer) -> Expected:
 def _hang_up_after_three_tokens(server: LiveServer, body: dict) -> None:
     before = server.metric("pagedmlx:request_aborts_total", cause="client_disconnect")
     connection, response = open_stream(server.port, CHAT, body)
-    contents = 0
-    for line in sse_lines(response):
-        contents += '"content":"' in line and '"content":""' not in line
-        if contents == 3:
-            break
+    read_contents(sse_lines(response), 3)
     hang_up(connection)
-    deadline = time.monotonic() + 60
-    while server.metric("pagedmlx:request_aborts_total", cause="client_disconnect") == before:
-        assert time.monotonic() < deadline, "the hang-up was never aborted"
-        time.sleep(0.05)
+    wait_for(lambda: server.metric("pagedmlx:request_aborts_total", cause="client_disconnect")
+             != before, what="the hang-up's abort")
