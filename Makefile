@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0
 PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: install run test bench bench-quick clean
+.PHONY: install run test bench bench-quick soak clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(eval PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS)))
 	$(PRELOAD) $(PY) -m benchmarks.run_all --quick
+
+# 10 minutes of mixed load on a server of its own; SOAK_ARGS="--duration-s 120" for a shorter one.
+soak: $(STAMP)
+	$(eval PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS)))
+	$(PRELOAD) $(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

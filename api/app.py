@@ -22,12 +22,14 @@ from api.models import health, list_models, retrieve_model, root, version
 from api.openai import errors as openai_errors
 from api.openai.chat import chat_completions
 from api.openai.completions import completions
+from api.openapi import openapi_json
 from api.request_ids import add_request_id_headers
 from api.sessions import protocol_of
 
 log = logging.getLogger("pagedmlx.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MB = 1024 * 1024
+OPEN_PATHS = frozenset({"/health"})  # answered without an API key
 
 
 def create_app(ctx: ServerContext) -> web.Application:
@@ -48,6 +50,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_json)
     return app
 
 
@@ -108,9 +111,12 @@ async def lifecycle_middleware(request: web.Request, handler: Handler) -> web.St
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With --api-key, /v1/* needs it as a bearer token or in x-api-key; the rest stays open."""
-    keys = request.app[CONTEXT].api_keys
-    if keys and request.path.startswith("/v1/"):
+    """With --api-key or --api-key-file, every route needs a key as a bearer token or in x-api-key,
+    but /health (for probes) and /metrics (for Prometheus, unless --metrics-require-key)."""
+    ctx = request.app[CONTEXT]
+    keys = ctx.api_keys
+    open_paths = OPEN_PATHS if ctx.settings.metrics_require_key else OPEN_PATHS | {"/metrics"}
+    if keys and request.path not in open_paths:
         supplied = supplied_api_key(request)
         if supplied is None:
             raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>' "

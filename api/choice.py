@@ -22,6 +22,7 @@ class Choice:
         self.request_id = request_id
         self.cached_tokens = 0
         self.output_tokens = 0
+        self.output_text = ""  # kept for --log-prompts only
         self.accepted = False  # the engine has taken it in: cached_tokens holds its expected hit
         self.ttft_s: float | None = None  # arrival to first token, once finished
         self.stages = stages
@@ -32,6 +33,7 @@ class Choice:
         self._stop_token_ids = set(sampling.stop_token_ids)
         self._detokenizer = incremental_detokenizer(ctx.tokenizer, prompt_ids)
         self._stream: RequestStream | None = None
+        self._keep_text = ctx.settings.log_prompts
 
     def submit(self) -> None:
         """Raises APIError: 400 when the engine can never fit the request, 503 when it takes none."""
@@ -64,7 +66,7 @@ class Choice:
                 last_token_at = now
                 self.output_tokens += 1
                 if event.token_id not in self._stop_token_ids:
-                    text = self._detokenizer.add(event.token_id)
+                    text = self._kept(self._detokenizer.add(event.token_id))
                 if event.logprob is not None:
                     delta.logprobs.append(TokenLogprob(
                         event.token_id, event.logprob, event.top_logprobs or []))
@@ -76,12 +78,17 @@ class Choice:
                 return
             if event.finish_reason is not None:
                 self._finish(event)
-                tail, stopped = self.stages.feed(self._detokenizer.flush())
+                tail, stopped = self.stages.feed(self._kept(self._detokenizer.flush()))
                 delta.parts += tail + self.stages.finish(stopped)
                 yield self._finished(delta, "stop" if stopped else event.finish_reason)
                 return
             if delta.parts or delta.logprobs:
                 yield delta
+
+    def _kept(self, text: str) -> str:
+        if self._keep_text:
+            self.output_text += text
+        return text
 
     def _finished(self, delta: ChoiceDelta, reason: str) -> ChoiceDelta:
         delta.stop_sequence = self.stages.stop_sequence

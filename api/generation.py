@@ -87,8 +87,11 @@ def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]]
     """n choices per prompt (index = prompt * n + i), submitted to the engine. constraints: one
     per choice (compiled grammars), or None. Raises the protocol's overload error past
     --max-queue."""
-    queued = ctx.engine.num_queued
-    if queue_is_full(queued, len(prompts) * params.n, ctx.max_queue):
+    queued, sequences = ctx.engine.num_queued, len(prompts) * params.n
+    if ctx.max_queue is not None and sequences > ctx.max_queue:  # waiting never makes room
+        raise bad_request(f"The request asks for {sequences} sequences (prompts x n), more than "
+                          f"the {ctx.max_queue} that may wait at once (--max-queue)", "n")
+    if queue_is_full(queued, sequences, ctx.max_queue):
         ctx.metrics.count_queue_full()
         raise overloaded(queued, ctx.max_queue, origin.protocol)
     origin = salted(origin, params.cache_salt)

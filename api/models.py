@@ -37,7 +37,7 @@ async def root(request: web.Request) -> web.Response:
     return json_response({"name": "pagedmlx", "model": ctx.model_name,
                           "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/messages",
                                         "/v1/messages/count_tokens", "/v1/models", "/health",
-                                        "/metrics"]})
+                                        "/metrics", "/openapi.json"]})
 
 
 async def health(request: web.Request) -> web.Response:

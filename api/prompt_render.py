@@ -12,12 +12,11 @@ import json
 import re
 from typing import Any
 
-from jinja2 import TemplateError
-
 from api.conversation import Conversation
 from api.errors import bad_request
 from api.system_folding import fold_system_messages
 from api.tool_prompt import tools_as_text
+from engine.chat_template import ChatTemplate, ChatTemplateError
 
 _TOOLS_VARIABLE = re.compile(r"\btools\b")
 
@@ -25,8 +24,9 @@ _TOOLS_VARIABLE = re.compile(r"\btools\b")
 def render_prompt(
     tokenizer: Any, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None
 ) -> list[int]:
-    """The prompt's token ids, ready for the assistant's answer. Template errors (and malformed
-    tool calls) are the client's: a 400 naming "messages"."""
+    """The prompt's token ids, ready for the assistant's answer, rendered in the sandbox of
+    engine/chat_template.py. Template errors, output past its bound and malformed tool calls are
+    the client's: a 400 naming "messages"."""
     kwargs: dict[str, Any] = {"add_generation_prompt": True, **(chat_template_kwargs or {})}
     messages = fold_system_messages(conversation.messages)
     try:
@@ -36,8 +36,8 @@ def render_prompt(
                 kwargs["tools"] = conversation.tools
         else:
             messages = tools_as_text(messages, conversation.tools)
-        text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-    except (TemplateError, ValueError, TypeError, KeyError) as error:
+        text = ChatTemplate.of(tokenizer).render(messages, **kwargs)
+    except (ChatTemplateError, ValueError, TypeError, KeyError) as error:
         raise bad_request(f"The chat template failed on these messages: {error}", "messages") from None
     # The template writes the special tokens (BOS) itself.
     return tokenizer.encode(text, add_special_tokens=False)

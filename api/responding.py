@@ -17,6 +17,7 @@ from api.context import ServerContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, json_response
 from api.generation import Submission, Usage, merged_deltas, usage
+from api.prompt_log import log_exchange
 from api.request_ids import request_id_of
 from api.results import ChoiceResult
 from api.sse import EventStream
@@ -48,6 +49,8 @@ async def respond(request: web.Request, ctx: ServerContext, submission: Submissi
         for choice in submission.choices:
             await choice.close()
         _count_tool_calls(ctx, submission)
+        if ctx.settings.log_prompts:
+            log_exchange(ctx, submission)
         figures = usage(submission)
         ttft = submission.choices[0].ttft_s
         log.info("%s (%s): %d prompt tokens (%d cached), %d generated, first token after %s, "

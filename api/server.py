@@ -25,9 +25,9 @@ from api.tool_calls import choose_parser_name
 from engine.blas import active_blas
 from engine.device import device_description
 from engine.guided import GrammarCompiler
-from engine.kv_pool import KVPool
+from engine.memory_limit import set_memory_limit
 from engine.model_loader import LoadedModel, ModelLoadError, load_model
-from engine.runner import ModelRunner, activation_dtype
+from engine.runner import ModelRunner
 from scheduler.config import SchedulerConfig
 from scheduler.engine_loop import EngineLoop
 from scheduler.faults import FaultPlan
@@ -45,7 +45,10 @@ def serve(settings: Settings) -> int:
     try:
         loaded = _load(settings)
         config = _scheduler_config(settings, loaded)
-        runner = ModelRunner(loaded, config.num_blocks, config.block_size)
+        runner = ModelRunner(loaded, config.num_blocks, config.block_size,
+                             on_demand=not settings.kv_preallocate,
+                             guaranteed_blocks=-(-config.context_limit // config.block_size))
+        memory_limit = set_memory_limit(runner.pool.block_bytes * config.num_blocks)
         fault = FaultPlan.from_env()
         api_keys = load_api_keys(settings.api_key, settings.api_key_file)
     except (StartupError, ValueError) as error:
@@ -58,7 +61,8 @@ def serve(settings: Settings) -> int:
                     "can use the model and read the prefix cache's timings; set --api-key or "
                     "--api-key-file", settings.host)
     model_name = settings.served_model_name or loaded.model_id
-    metrics = Metrics(model_name, config.context_limit, lambda: engine.stats)
+    metrics = Metrics(model_name, config.context_limit, lambda: engine.stats,
+                      kv_block_bytes=runner.pool.block_bytes, memory_limit_bytes=memory_limit)
     engine = EngineLoop(runner, config, model_name, fault=fault, step_observer=metrics.observe_step)
     tokenizer = loaded.tokenizer
     encode_tokenizer = copy.deepcopy(tokenizer)  # the tokenize thread's own (see ServerContext)
@@ -81,7 +85,7 @@ def serve(settings: Settings) -> int:
         max_queue=settings.max_queue or default_max_queue(
             config.num_blocks * config.block_size, config.max_num_seqs),
     )
-    _print_startup(loaded, config, ctx)
+    _print_startup(loaded, config, ctx, runner, memory_limit)
     return _run(_serve_until_signal(ctx))
 
 
@@ -126,18 +130,21 @@ def _scheduler_config(settings: Settings, loaded: LoadedModel) -> SchedulerConfi
         raise StartupError(str(error)) from None
 
 
-def _print_startup(loaded: LoadedModel, config: SchedulerConfig, ctx: ServerContext) -> None:
-    block_bytes = KVPool.bytes_per_block(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim,
-                                         config.block_size, activation_dtype(loaded))
+def _print_startup(loaded: LoadedModel, config: SchedulerConfig, ctx: ServerContext,
+                   runner: ModelRunner, memory_limit: int) -> None:
     pool_tokens = config.num_blocks * config.block_size
+    budget_gb = config.num_blocks * runner.pool.block_bytes / 2**30
+    allocation = ("allocated up front" if runner.pool_growth is None
+                  else f"{runner.pool.nbytes / 2**30:.2f} GB allocated, growing on demand")
     lines = [
         f"pagedmlx {metadata.version('pagedmlx')}",
         f"  model:    {loaded.model_id} ({loaded.source})",
         f"  device:   {device_description()}",
         f"  dtype:    {loaded.dtype}",
         f"  blas:     {active_blas()}",
-        f"  kv cache: {config.num_blocks} blocks x {config.block_size} tokens = {pool_tokens} "
-        f"tokens, {config.num_blocks * block_bytes / 2**30:.2f} GB",
+        f"  kv cache: budget {budget_gb:.2f} GB = {config.num_blocks} blocks x {config.block_size} "
+        f"tokens = {pool_tokens} tokens; {allocation}",
+        f"  memory:   MLX limit {memory_limit / 2**30:.2f} GB (weights, KV budget, activations)",
         f"  context:  {config.context_limit} tokens, up to {config.max_num_seqs} sequences at once",
         f"  queue:    up to {ctx.max_queue} requests waiting (--max-queue)",
         f"  tools:    {ctx.tool_parser_name} calls, "
@@ -178,9 +185,11 @@ async def _serve_until_signal(ctx: ServerContext) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    watch_lag = asyncio.create_task(ctx.metrics.loop_lag.watch())
     await stop.wait()
     ctx.shutting_down = True
     await _drain(ctx, force)
+    watch_lag.cancel()
     await _stop(ctx, runner)
     return 0
 

@@ -48,11 +48,18 @@ class Settings:
         None, "model name reported by /v1/models (default: the model's own name)"
     )
     api_key: str | None = _option(
-        None, "require this key as 'Authorization: Bearer KEY' or 'x-api-key' on /v1/*"
+        None, "require this key as 'Authorization: Bearer KEY' or 'x-api-key' on every route but "
+        "/health and /metrics"
     )
     api_key_file: str | None = _option(
         None, "accept the keys in this file too, one per line: each key is a tenant, whose "
         "prefix cache no other key can hit"
+    )
+    metrics_require_key: bool = _option(
+        False, "with a key set, require it on /metrics too (only /health stays open)"
+    )
+    log_prompts: bool = _option(
+        False, "log each request's prompt and output text (never logged otherwise)"
     )
     max_num_seqs: int | None = _option(
         None, "most sequences running at once (default: the scheduler's)"
@@ -69,7 +76,11 @@ class Settings:
         None, "target time of one scheduler step; long prompts are cut into chunks to stay under it"
     )
     kv_cache_gb: float | None = _option(
-        None, "memory for the paged KV cache in GB (default: sized from free memory)"
+        None, "most memory the paged KV cache may take, in GB; it grows into it on demand "
+        "(default: half the free memory on the CPU, 0.7 of it on a GPU)"
+    )
+    kv_preallocate: bool = _option(
+        False, "allocate the whole KV cache budget at start-up instead of growing it on demand"
     )
     block_size: int = _option(16, "tokens per KV cache block")
     dtype: str | None = _option(

@@ -119,6 +119,11 @@ class ServerProcess:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
+    @property
+    def pid(self) -> int | None:
+        """The subprocess's pid while it runs (None for a peer given by its URL)."""
+        return None if self._process is None else self._process.pid
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -44,13 +44,38 @@ class KVPool:
         mx.clear_cache()
         self._allocate()
 
+    def grow(self, num_blocks: int) -> None:
+        """Extend every layer to num_blocks blocks, keeping the KV already written. One layer at a
+        time, freeing its old array before the next, so the peak is the old pool plus one layer."""
+        added = (num_blocks - self.num_blocks) * self.block_size
+        if added <= 0:
+            return
+        for arrays in (self.keys, self.values):
+            for layer in range(self.num_layers):
+                # pad: a third of concatenate's time here (it copies rows, not elements)
+                arrays[layer] = mx.pad(arrays[layer], [(0, 0), (0, added), (0, 0)])
+                mx.eval(arrays[layer])  # which drops the old array
+                mx.clear_cache()
+        self.num_blocks = num_blocks
+
+    @property
+    def block_bytes(self) -> int:
+        return self.bytes_per_block(self.num_layers, self.num_kv_heads, self.head_dim,
+                                    self.block_size, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.block_bytes * self.num_blocks
+
     def _allocate(self) -> None:
-        shape = (self.num_kv_heads, self.num_slots, self.head_dim)
+        self.keys = [self._zeros(self.num_slots) for _ in range(self.num_layers)]
+        self.values = [self._zeros(self.num_slots) for _ in range(self.num_layers)]
+        mx.eval(self.keys, self.values)
+
+    def _zeros(self, num_slots: int) -> mx.array:
         # Zeros, not uninitialized memory: attention windows may span slots never written, and
         # their (masked) values must stay finite.
-        self.keys = [mx.zeros(shape, self.dtype) for _ in range(self.num_layers)]
-        self.values = [mx.zeros(shape, self.dtype) for _ in range(self.num_layers)]
-        mx.eval(self.keys, self.values)
+        return mx.zeros((self.num_kv_heads, num_slots, self.head_dim), self.dtype)
 
     @property
     def num_slots(self) -> int:
@@ -75,14 +100,19 @@ class KVPool:
 
 def default_kv_budget_bytes() -> int:
     """A safe share of the memory free now for the KV pool (call it after loading the weights)."""
+    fraction = GPU_BUDGET_FRACTION if on_gpu() else CPU_BUDGET_FRACTION
+    return int(free_memory_bytes() * fraction)
+
+
+def free_memory_bytes() -> int:
+    """Memory this process could still take on its device: free device memory (CUDA), the
+    working set left (Metal: unified memory), or the host's available memory (CPU)."""
     if on_gpu():
         info = mx.device_info()
         if "free_memory" in info:  # CUDA
-            free = int(info["free_memory"])
-        else:  # Metal: unified memory, bounded by the recommended working set
-            free = int(info["max_recommended_working_set_size"]) - mx.get_active_memory()
-        return max(0, int(free * GPU_BUDGET_FRACTION))
-    return int(_available_host_memory() * CPU_BUDGET_FRACTION)
+            return int(info["free_memory"])
+        return max(0, int(info["max_recommended_working_set_size"]) - mx.get_active_memory())
+    return _available_host_memory()
 
 
 def _available_host_memory() -> int:

@@ -2,10 +2,12 @@
 
 Also the dtype policy (float32 on the CPU, where MLX's quantized and bf16 kernels are 20x+
 slower than float32 with a real BLAS; quantized weights kept on a GPU) and the check that the
-model's attention is plain KV attention, which is all the paged cache can serve.
+model's attention is plain KV attention, which is all the paged cache can serve, and that its
+chat template compiles and renders in the sandbox (engine/chat_template.py).
 """
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,15 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from huggingface_hub import snapshot_download
+from huggingface_hub.errors import StrictDataclassError
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS, MODEL_REMAPPING, dequantize_model, load_config
 from mlx_lm.utils import load_model as load_mlx_lm_model
 from transformers import AutoTokenizer
+from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE
 
+from engine.chat_template import ChatTemplateError, check_chat_template
 from engine.device import on_gpu
 from engine.gguf_tokenizer import UnsupportedTokenizer, eos_token_ids_from_gguf, tokenizer_from_gguf
 from engine.gguf_weights import load_gguf_llama, read_gguf
@@ -148,6 +153,7 @@ def _load_gguf(path: Path) -> _Loaded:
         tokenizer = tokenizer_from_gguf(metadata)
     except UnsupportedTokenizer as error:
         raise ModelLoadError(f"{path}: {error}") from error
+    _check_chat_template(tokenizer, path)
     return _Loaded(
         model=load_gguf_llama(tensors, metadata),
         tokenizer=tokenizer,
@@ -160,21 +166,25 @@ def _load_gguf(path: Path) -> _Loaded:
 def _load_folder(path: Path) -> _Loaded:
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
-    config = load_config(path)
+    try:
+        config = load_config(path)
+    except ValueError as error:  # invalid JSON
+        raise ModelLoadError(f"{path / 'config.json'} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path / 'config.json'} holds a JSON {type(config).__name__}, "
+                             "not an object")
     model_type = config.get("model_type")
     module = MODEL_REMAPPING.get(model_type, model_type)
     if not isinstance(module, str) or importlib.util.find_spec(f"mlx_lm.models.{module}") is None:
         raise ModelLoadError(
             f"model_type {model_type!r} in {path} is not an mlx-lm architecture. {SUPPORTED_MODELS}."
         )
+    tokenizer = _load_folder_tokenizer(path)
+    _check_chat_template(tokenizer, path)
     try:
         model, config = load_mlx_lm_model(path)
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
         raise ModelLoadError(f"cannot load the mlx-lm model in {path}: {error}") from error
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load the tokenizer in {path}: {error}") from error
     return _Loaded(
         model=model,
         tokenizer=tokenizer,
@@ -182,6 +192,57 @@ def _load_folder(path: Path) -> _Loaded:
         max_context=_folder_max_context(config),
         config=config,
     )
+
+
+def _load_folder_tokenizer(path: Path):
+    config_file = path / "tokenizer_config.json"
+    if config_file.exists():
+        try:
+            tokenizer_config = json.loads(config_file.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"{config_file} is not valid JSON: {error}") from error
+        if not isinstance(tokenizer_config, dict):
+            raise ModelLoadError(
+                f"{config_file} holds a JSON {type(tokenizer_config).__name__}, not an object")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    # What transformers raises for unreadable files (OSError, ValueError), values of the wrong type
+    # in tokenizer_config.json (eos_token: 5, chat_template: [1], tokenizer_class: 5) and config.json
+    # values its config classes refuse (StrictDataclassError).
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, StrictDataclassError) as error:
+        raise ModelLoadError(
+            f"cannot load the tokenizer in {path}: {type(error).__name__}: {_one_line(error)}"
+        ) from error
+
+
+def _check_chat_template(tokenizer, path: Path) -> None:
+    """ModelLoadError where the template cannot serve (engine/chat_template.py's probes). A model
+    without one loads as ever: each chat request is then refused with a 400."""
+    if tokenizer.chat_template is None:
+        return
+    try:
+        check_chat_template(tokenizer)
+    except ChatTemplateError as error:
+        raise ModelLoadError(
+            f"the chat template in {_chat_template_origin(path, error.template_name)} is unusable: "
+            f"{_one_line(error)}") from error
+
+
+def _chat_template_origin(path: Path, name: str | None) -> str:
+    """Where the template `name` (None: the only one) was read: the GGUF's metadata, or the
+    folder's file that transformers reads it from."""
+    if path.is_file():
+        return f"{path} (tokenizer.chat_template)"
+    named = path / CHAT_TEMPLATE_DIR / f"{name}.jinja"
+    if name and named.exists():
+        return str(named)
+    single = path / CHAT_TEMPLATE_FILE
+    return str(single if single.exists() else path / "tokenizer_config.json")
+
+
+def _one_line(error: Exception) -> str:
+    """The message on one line, as the CLI prints it."""
+    return " ".join(str(error).split())
 
 
 def _text_config_value(config: dict, key: str):

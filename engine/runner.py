@@ -11,6 +11,7 @@ from engine.attention_dispatch import check_paged_dispatch, install_paged_attent
 from engine.kv_pool import KVPool, default_kv_budget_bytes
 from engine.model_loader import LoadedModel
 from engine.paged_cache import build_layout, count_runs, make_caches
+from engine.pool_growth import PoolGrowth
 from engine.sampler import Sampler
 from engine.step_types import SeqStep, TokenOutput
 
@@ -55,7 +56,10 @@ def _identity(x: mx.array) -> mx.array:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int = 16):
+    def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int = 16, *,
+                 on_demand: bool = False, guaranteed_blocks: int = 0):
+        """num_blocks: the pool's budget. on_demand: start empty and grow (pool_growth.py), never
+        past guaranteed_blocks without free memory to spare; else allocate it all now."""
         self.model = loaded.model
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -63,10 +67,11 @@ class ModelRunner:
             loaded.num_layers,
             loaded.num_kv_heads,
             loaded.head_dim,
-            num_blocks,
+            0 if on_demand else num_blocks,
             block_size,
             activation_dtype(loaded),
         )
+        self.pool_growth = PoolGrowth(self.pool, num_blocks, guaranteed_blocks) if on_demand else None
         install_paged_attention(self.model)
         check_paged_dispatch(self.model)
         self._body, self._head = split_head(self.model)

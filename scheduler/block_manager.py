@@ -12,7 +12,9 @@ Free blocks live in one of two places:
 - with a hash: in an LRU queue, freed deepest-first so that leaves are evicted before the
   prefixes they hang from.
 Allocation takes hashless blocks first and evicts cached ones only when those run out, oldest
-first. The trade-off: LRU is exact among cached blocks and no cached block is evicted while a
+first. Where the KV pool is allocated on demand, blocks past its allocated end count as free
+(hashless) and the pool grows before any cached block is evicted: a cached prefix is worth the
+memory while the budget lasts. The trade-off: LRU is exact among cached blocks and no cached block is evicted while a
 hashless one is free, but once every free block holds a hash, the blocks a sequence evicts are
 wherever the LRU puts them (evictions are sorted by id to keep what runs they have).
 
@@ -33,7 +35,7 @@ hashes a prompt again. A hit is trusted to its sha256 chain, as vLLM trusts it.
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from scheduler.block_hash import BlockHash
@@ -66,23 +68,34 @@ class _SeqBlocks:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int,
+                 grow: Callable[[int], int] | None = None) -> None:
+        """grow: where the KV pool is allocated on demand, grows it to hold at least the given
+        number of blocks if it can, and returns how many it holds (engine/pool_growth.py); None:
+        all num_blocks are allocated."""
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._blocks = [_Block(i) for i in range(num_blocks)]
+        self._grow = grow
+        self._reset(num_blocks if grow is None else 0)
+
+    def _reset(self, num_allocated: int) -> None:
+        self.num_allocated_blocks = num_allocated  # blocks [0, num_allocated) have memory
+        self._blocks = [_Block(i) for i in range(self.num_blocks)]
         self._cached: dict[BlockHash, int] = {}  # hash -> block holding that computed KV
         self._pending: dict[BlockHash, int] = {}  # hash -> sequence that will compute it
-        self._lru = FreeBlockQueue(num_blocks)  # free blocks with a hash
-        self._hashless_free = bytearray(b"\x01") * num_blocks  # 1 = free and without a hash
-        self._num_hashless_free = num_blocks
+        self._lru = FreeBlockQueue(self.num_blocks)  # free blocks with a hash
+        # 1 = allocated, free and without a hash
+        self._hashless_free = bytearray(b"\x01") * num_allocated + bytes(self.num_blocks - num_allocated)
+        self._num_hashless_free = num_allocated
         self._seqs: dict[int, _SeqBlocks] = {}
 
     # -- queries -----------------------------------------------------------------------
 
     @property
     def num_free_blocks(self) -> int:
-        """Blocks no sequence holds: never written or evicted, plus cached ones kept for reuse."""
-        return self._num_hashless_free + len(self._lru)
+        """Blocks no sequence holds: never written or evicted, plus cached ones kept for reuse,
+        plus those the pool may still grow by."""
+        return self._num_hashless_free + len(self._lru) + self.num_blocks - self.num_allocated_blocks
 
     @property
     def num_reusable_blocks(self) -> int:
@@ -172,6 +185,10 @@ class BlockManager:
         needed = self.num_blocks_needed(seq_id, num_tokens)
         if needed > self.num_free_blocks:
             return False
+        if needed > self._num_hashless_free and self.num_allocated_blocks < self.num_blocks:
+            self._allocate_more(needed - self._num_hashless_free)  # before evicting cached KV
+            if needed > self._num_hashless_free + len(self._lru):
+                return False
         seq = self._seqs.setdefault(seq_id, _SeqBlocks())
         if needed:
             new_blocks = self._allocate(needed, seq.table[-1] if seq.table else None)
@@ -225,7 +242,7 @@ class BlockManager:
         """Forget every cached block (after the KV pool was rebuilt); no sequence may hold blocks."""
         if self._seqs:
             raise ValueError(f"{len(self._seqs)} sequences still hold blocks")
-        self.__init__(self.num_blocks, self.block_size)
+        self._reset(self.num_allocated_blocks)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -250,6 +267,15 @@ class BlockManager:
             start = evicted.index(last + 1)
             evicted = evicted[start:] + evicted[:start]
         return hashless + evicted
+
+    def _allocate_more(self, num_blocks: int) -> None:
+        """Ask the pool for num_blocks more blocks (it may give more, or none)."""
+        start = self.num_allocated_blocks
+        end = min(self._grow(start + num_blocks), self.num_blocks)
+        if end > start:
+            self._hashless_free[start:end] = b"\x01" * (end - start)
+            self._num_hashless_free += end - start
+            self.num_allocated_blocks = end
 
     def _take_hashless(self, num_blocks: int, after: int | None) -> list[int]:
         taken = self._take_run(after + 1, num_blocks) if after is not None else []

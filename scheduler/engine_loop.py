@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from engine.sampling_params import SamplingParams
 from engine.step_types import TokenOutput
+from scheduler.block_manager import BlockManager
 from scheduler.config import SchedulerConfig
 from scheduler.failure_streak import FailureStreak
 from scheduler.faults import FaultPlan
@@ -56,7 +57,8 @@ class EngineStats:
     kv_usage: float
     num_free_blocks: int  # reusable ones included
     num_reusable_blocks: int  # free, still holding a cached prefix
-    num_blocks: int
+    num_blocks: int  # the budget
+    num_allocated_blocks: int  # of them, those with memory (the pool grows on demand)
     prefix_queries_tokens: int
     prefix_hits_tokens: int
     prompt_tokens_total: int
@@ -81,7 +83,8 @@ class EngineLoop:
         self.runner = runner
         self.config = config
         self.model_name = model_name
-        self.scheduler = Scheduler(config)
+        self.scheduler = Scheduler(config, BlockManager(config.num_blocks, config.block_size,
+                                                        grow=runner.pool_growth))
         self._fault = fault
         self._step_observer = step_observer
         self._aborts: Counter[str] = Counter()
@@ -335,6 +338,7 @@ class EngineLoop:
             num_free_blocks=manager.num_free_blocks,
             num_reusable_blocks=manager.num_reusable_blocks,
             num_blocks=manager.num_blocks,
+            num_allocated_blocks=manager.num_allocated_blocks,
             prefix_queries_tokens=counters.prefix_queries_tokens,
             prefix_hits_tokens=counters.prefix_hits_tokens,
             prompt_tokens_total=counters.prompt_tokens,

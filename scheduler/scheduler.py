@@ -331,7 +331,10 @@ class Scheduler:
             out.admission_closed = True  # first come, first served for the free blocks
             return 0
         manager.acquire(request.seq_id, match)
-        manager.ensure_capacity(request.seq_id, end, request.block_hashes.hashes)
+        if not manager.ensure_capacity(request.seq_id, end, request.block_hashes.hashes):
+            manager.free(request.seq_id)  # the pool could not grow into the blocks counted free
+            out.admission_closed = True
+            return 0
         _remove(self.waiting, request)
         bisect.insort(self.running, request, key=_seq_id)
         request.status = RequestStatus.RUNNING

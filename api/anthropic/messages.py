@@ -8,6 +8,7 @@ from api.anthropic.convert import to_conversation
 from api.anthropic.schema import MessagesRequest, parse_messages_request
 from api.anthropic.stream import MessageShape
 from api.context import CONTEXT
+from api.errors import bad_request
 from api.generation import GenerationParams, submit_choices
 from api.json_body import read_json_body
 from api.prompt_render import render_prompt
@@ -29,6 +30,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     choice = tool_choice(body)
     # A deferred tool, once loaded through a tool_reference, can be called like the others.
     all_tools = conversation.tools + list(conversation.deferred_tools.values())
+    if choice.mode == "named" and choice.name not in {t["function"]["name"] for t in all_tools}:
+        raise bad_request(f"tool_choice.name: {choice.name!r} is not among the tools",
+                          "tool_choice.name")
     constraints = await request_constraints(ctx, all_tools, choice, 1)
     params = generation_params(body)
     make_stages = stages_factory(ctx, params.stop, all_tools, choice, prompt_ids)

@@ -70,7 +70,8 @@ ToolResultContent = Annotated[
 class ToolResultBlock(_Model):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: Annotated[list[ToolResultContent], BeforeValidator(_as_blocks)] = []
+    content: Annotated[list[ToolResultContent], BeforeValidator(
+        _as_blocks, json_schema_input_type=str | list[ToolResultContent])] = []
     is_error: bool = False
 
 
@@ -84,7 +85,8 @@ ContentBlock = Annotated[
 class Message(_Model):
     # "system": a mid-conversation system message, which Claude Code sends after the first turn.
     role: Literal["user", "assistant", "system"]
-    content: Annotated[list[ContentBlock], BeforeValidator(_as_blocks)]
+    content: Annotated[list[ContentBlock], BeforeValidator(
+        _as_blocks, json_schema_input_type=str | list[ContentBlock])]
 
 
 class Tool(_Model):
@@ -128,7 +130,8 @@ class MessagesRequest(_Model):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     messages: list[Message] = Field(min_length=1)
-    system: Annotated[list[TextBlock], BeforeValidator(_as_blocks)] = []
+    system: Annotated[list[TextBlock], BeforeValidator(
+        _as_blocks, json_schema_input_type=str | list[TextBlock])] = []
     tools: list[Tool] = []
     tool_choice: ToolChoice | None = None
     stop_sequences: list[str] = []

@@ -16,6 +16,7 @@ from api.context import CONTEXT
 from api.metrics.engine_collector import EngineStatsCollector
 from api.metrics.family import Families
 from api.metrics.http_metrics import HttpMetrics, http_metrics_middleware
+from api.metrics.loop_lag import LoopLag
 from api.metrics.request_metrics import RequestMetrics
 from api.metrics.sessions_active import ActiveSessions
 from api.metrics.step_metrics import StepMetrics
@@ -25,17 +26,21 @@ __all__ = ["Metrics", "http_metrics_middleware", "metrics_endpoint"]
 
 
 class Metrics:
-    def __init__(self, model_name: str, max_model_len: int,
-                 engine_stats: Callable[[], Any]) -> None:
+    def __init__(self, model_name: str, max_model_len: int, engine_stats: Callable[[], Any],
+                 *, kv_block_bytes: int, memory_limit_bytes: int) -> None:
         """engine_stats: returns the latest scheduler.engine_loop.EngineStats."""
         disable_created_metrics()  # a `_created` gauge beside every counter and histogram: noise
         self.registry = CollectorRegistry()
         families = Families(self.registry, model_name)
-        self.registry.register(EngineStatsCollector(families.values, engine_stats))
+        self.registry.register(EngineStatsCollector(families.values, engine_stats, kv_block_bytes))
+        families.gauge_function("pagedmlx:memory_limit_bytes", "MLX's memory limit: the weights, "
+                                "the KV cache budget and room for activations.",
+                                lambda: memory_limit_bytes)
         self.requests = RequestMetrics(families, max_model_len)
         self.steps = StepMetrics(families)
         self.http = HttpMetrics(families)
         self.sessions = ActiveSessions()
+        self.loop_lag = LoopLag(families)
         families.gauge_function(
             "pagedmlx:sessions_active", "Clients (by X-Claude-Code-Session-Id, x-session-id or API "
             f"key) with a request accepted for generation in the last {self.sessions.window_s:g} s.",

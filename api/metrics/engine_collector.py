@@ -14,10 +14,12 @@ ABORT_CAUSES = tuple(cause.value for cause in AbortCause)
 
 
 class EngineStatsCollector(Collector):
-    def __init__(self, label_values: tuple[str, ...], engine_stats: Callable[[], Any]) -> None:
+    def __init__(self, label_values: tuple[str, ...], engine_stats: Callable[[], Any],
+                 kv_block_bytes: int) -> None:
         """engine_stats: returns the latest scheduler.engine_loop.EngineStats."""
         self._values = list(label_values)
         self._engine_stats = engine_stats
+        self._kv_block_bytes = kv_block_bytes
 
     def collect(self) -> Iterator[Metric]:
         stats = self._engine_stats()
@@ -33,6 +35,10 @@ class EngineStatsCollector(Collector):
              stats.kv_usage),
             ("vllm:gpu_cache_usage_perc", "KV-cache usage (vLLM's older name). 1 means 100 percent "
              "usage.", stats.kv_usage),
+            ("pagedmlx:kv_cache_budget_bytes", "Most memory the KV cache may take (--kv-cache-gb).",
+             stats.num_blocks * self._kv_block_bytes),
+            ("pagedmlx:kv_cache_allocated_bytes", "Memory the KV cache holds now: it grows on "
+             "demand up to the budget.", stats.num_allocated_blocks * self._kv_block_bytes),
         )
         counters = (
             ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried "

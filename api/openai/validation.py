@@ -86,7 +86,8 @@ def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> ToolChoic
         if choice == "required" and not tools:
             raise bad_request("'tool_choice' is 'required' but no 'tools' were given", "tool_choice")
         return ToolChoice(choice, parallel=parallel)
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise bad_request("'tool_choice' must be 'none', 'auto', 'required' or "
                           "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
@@ -200,6 +201,8 @@ def _message(message: Any, index: int) -> dict[str, Any]:
     elif content is None:
         if role != "assistant":
             raise bad_request(f"'{param}.content' is required for role {role!r}", f"{param}.content")
+        if not message.get("tool_calls"):
+            raise bad_request(f"'{param}' needs 'content' or 'tool_calls'", f"{param}.content")
     elif not isinstance(content, str):
         raise bad_request(f"'{param}.content' must be a string or an array of parts", f"{param}.content")
     return {**message, "content": content}
@@ -249,7 +252,7 @@ def _logit_bias(body: dict[str, Any], vocab_size: int) -> tuple[tuple[int, float
     bias = _get(body, "logit_bias", dict) or {}
     entries = []
     for key, value in bias.items():
-        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+        if not key.removeprefix("-").isdecimal() or not 0 <= int(key) < vocab_size:
             raise bad_request(f"'logit_bias' key {key!r} is not a token id in [0, {vocab_size})",
                               "logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:

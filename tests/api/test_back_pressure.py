@@ -59,3 +59,10 @@ def test_a_full_queue_refuses_in_each_protocols_shape_then_serves_again(small_qu
     waiting.close()
     small_queue.wait_until_idle()
     assert request(port, "POST", CHAT, {"messages": ASK, "max_tokens": 4}).status == 200
+
+
+def test_more_choices_than_may_ever_wait_is_a_400_not_a_retry(small_queue: LiveServer):
+    reply = request(small_queue.port, "POST", CHAT, {"messages": ASK, "max_tokens": 4, "n": 2})
+    assert reply.status == 400
+    error = reply.json()["error"]
+    assert error["param"] == "n" and "--max-queue" in error["message"]

@@ -5,7 +5,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from http_client import open_stream, request, sse_lines
+from http_client import open_stream, request, sse_lines, stream_lines
 from live_server import LiveServer, start_server
 
 CHAT = "/v1/chat/completions"
@@ -54,14 +54,20 @@ def test_a_dead_engine_fails_open_streams_answers_503_and_says_so_in_health(dyin
 
 
 def test_a_failing_step_fails_only_its_request_and_the_next_one_succeeds(tmp_path):
-    live = start_server(tmp_path, env={"PAGEDMLX_TEST_FAULT": "step:1"})
+    live = start_server(tmp_path, env={"PAGEDMLX_TEST_FAULT": "step:1,3"})
     try:
         failed = request(live.port, "POST", CHAT, SHORT)
         assert failed.status == 500
         assert "injected step failure" in failed.json()["error"]["message"]
         assert request(live.port, "POST", CHAT, SHORT).status == 200
+        lines = stream_lines(live.port, "/v1/messages", {**ANTHROPIC_SHORT, "stream": True})
+        assert lines[-2:-1] == ["event: error"]
+        error = json.loads(lines[-1].removeprefix("data: "))
+        assert error["type"] == "error" and error["error"]["type"] == "api_error"
+        assert "injected step failure" in error["error"]["message"]
+        assert request(live.port, "POST", "/v1/messages", ANTHROPIC_SHORT).status == 200
         assert request(live.port, "GET", "/health").status == 200
-        assert live.metric("pagedmlx:engine_failed_steps_total") == 1
+        assert live.metric("pagedmlx:engine_failed_steps_total") == 2
         assert live.metric("pagedmlx:kv_pool_rebuilds_total") == 0
         assert live.wait_until_idle()["kv_cache_free_blocks"] == live.get_json("/health")["kv_cache_blocks"]
     finally:

@@ -39,7 +39,7 @@ def test_the_right_key_is_accepted_either_way(keyed_server: LiveServer, headers:
     assert request(keyed_server.port, "GET", "/v1/models", headers=headers).status == 200
 
 
-@pytest.mark.parametrize("path", ["/health", "/version", "/metrics"])
+@pytest.mark.parametrize("path", ["/health", "/metrics"])
 def test_service_endpoints_stay_open(keyed_server: LiveServer, path: str):
     assert request(keyed_server.port, "GET", path).status == 200
 

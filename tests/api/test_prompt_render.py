@@ -181,12 +181,19 @@ def test_template_path_passes_tools_to_the_template(tokenizer, tool_tokenizer):
     assert "<tool_response>\n12 passed\n</tool_response>\n<tool_response>\nError:" in rest
 
 
-def test_template_errors_are_the_clients(tokenizer):
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ raise_exception('roles must alternate') }}", "line 1: roles must alternate"),
+    ("{{ messages[0].__class__.__mro__ }}", "line 1: access to attribute '__class__'"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "wrote more than 67,108,864"),
+    (None, "this model has no chat template"),
+], ids=["raised", "sandbox", "runaway", "none"])
+def test_template_errors_are_the_clients(tokenizer, template, message):
     failing = copy.deepcopy(tokenizer)
-    failing.chat_template = "{{ raise_exception('roles must alternate') }}"
+    failing.chat_template = template
     with pytest.raises(APIError) as caught:
         render_prompt(failing, Conversation([{"role": "user", "content": "hi"}]))
-    assert caught.value.param == "messages" and "roles must alternate" in caught.value.message
+    assert caught.value.status == 400 and caught.value.param == "messages"
+    assert message in caught.value.message
 
 
 def test_the_module_docstring_quotes_the_tool_prompt():

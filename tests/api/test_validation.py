@@ -36,6 +36,8 @@ def chat_error(**body) -> APIError:
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
          "messages[0].content[0]", "only text"),
         ({"response_format": {"type": "xml"}}, "response_format", "not supported"),
+        ({"messages": [*USER, {"role": "assistant"}]}, "messages[1].content",
+         "needs 'content' or 'tool_calls'"),
     ],
 )
 def test_chat_errors_name_the_parameter(body, param, fragment):

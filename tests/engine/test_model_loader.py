@@ -288,6 +288,14 @@ def test_unknown_model_type_is_refused(tmp_path: Path):
         load_model(str(tmp_path))
 
 
+@pytest.mark.parametrize(("text", "message"), [("{nope", "is not valid JSON"),
+                                                 ("[1]", "holds a JSON list, not an object")])
+def test_malformed_config_json_is_refused(tmp_path: Path, text: str, message: str):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(str(tmp_path))
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

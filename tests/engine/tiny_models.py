@@ -1,7 +1,13 @@
-"""Tiny random-weight mlx-lm models (float32) for numerics tests of the paged attention."""
+"""Tiny random-weight mlx-lm models (float32) for numerics tests of the paged attention, and as
+model folders on disk for the loader's tests."""
+
+import dataclasses
+import json
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.models import llama, qwen3
 
 VOCAB = 101
@@ -70,6 +76,18 @@ def tiny_llama_own_attention(layer: int = 1) -> llama.Model:
     block = model.model.layers[layer]
     block.self_attn = OwnAttention(block.self_attn)
     return model
+
+
+def write_tiny_llama_folder(path: Path, tokenizer) -> Path:
+    """An mlx-lm model folder at `path`: tiny_llama()'s config and weights, and `tokenizer` as
+    save_pretrained writes it (tokenizer.json, tokenizer_config.json, chat_template.jinja)."""
+    model = tiny_llama()
+    path.mkdir(parents=True, exist_ok=True)
+    config = {key: value for key, value in dataclasses.asdict(model.args).items() if value is not None}
+    (path / "config.json").write_text(json.dumps(config))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def _initialized(model_class, args, seed: int):

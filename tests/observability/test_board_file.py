@@ -12,7 +12,7 @@ from dashboard_queries import board_queries, fill_variables, iter_panels
 
 BOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "pagedmlx.json"
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-UNITS = {"s", "percentunit", "reqps", "short"}
+UNITS = {"s", "percentunit", "reqps", "short", "bytes"}
 
 KNOWN_METRICS = {
     # vLLM's names
@@ -37,7 +37,9 @@ KNOWN_METRICS = {
     "pagedmlx:prefix_cache_hits_by_protocol_total", "pagedmlx:tool_calls_emitted_total",
     "pagedmlx:tool_calls_parsed_total", "pagedmlx:tool_calls_failed_total",
     "pagedmlx:http_requests_total", "pagedmlx:engine_failed_steps_total",
-    "pagedmlx:kv_pool_rebuilds_total",
+    "pagedmlx:kv_pool_rebuilds_total", "pagedmlx:kv_cache_budget_bytes",
+    "pagedmlx:kv_cache_allocated_bytes", "pagedmlx:memory_limit_bytes",
+    "pagedmlx:event_loop_lag_seconds",
 }
 
 # Digits too: vllm:e2e_request_latency_seconds.

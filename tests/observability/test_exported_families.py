@@ -67,6 +67,10 @@ OURS = {
     "pagedmlx:queue_full_rejections": ("counter", ()),
     "pagedmlx:engine_failed_steps": ("counter", ()),
     "pagedmlx:kv_pool_rebuilds": ("counter", ()),
+    "pagedmlx:kv_cache_budget_bytes": ("gauge", ()),
+    "pagedmlx:kv_cache_allocated_bytes": ("gauge", ()),
+    "pagedmlx:memory_limit_bytes": ("gauge", ()),
+    "pagedmlx:event_loop_lag_seconds": ("histogram", ()),
 }
 SERVER_LABELS = {"model_name", "engine"}
 

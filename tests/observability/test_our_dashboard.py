@@ -131,6 +131,19 @@ def check_http_errors(observed: Observed, results) -> None:
     assert all(status[0] in "45" for _, status in routes(results[0]))
 
 
+def check_kv_memory(observed: Observed, results) -> None:
+    budget, allocated, limit = (only(samples) for samples in results)
+    block_bytes = budget / POOL_BLOCKS
+    assert block_bytes == int(block_bytes)
+    assert 0 < allocated <= budget < limit  # grown on demand, in whole blocks
+    assert allocated % block_bytes == 0
+
+
+def check_loop_lag(observed: Observed, results) -> None:
+    p99, p50 = (only(samples) for samples in results)
+    assert 0.0 <= p50 <= p99 < math.inf
+
+
 QUANTILES = (0.5, 0.9, 0.99)
 CHECKS: dict[str, Check] = {
     "Token throughput": check_token_throughput,
@@ -162,6 +175,8 @@ CHECKS: dict[str, Check] = {
     "Tool call parse failure ratio": check_tool_failure_ratio,
     "HTTP requests by route and status": check_http,
     "HTTP errors by route": check_http_errors,
+    "KV cache memory": check_kv_memory,
+    "Event loop lag": check_loop_lag,
 }
 PANELS = panels()
 

@@ -62,7 +62,10 @@ class FakeRunner:
         cost_ms: Sequence[float] = TRUE_COST_MS,
         delay_s: float = 0.0,
         fail_if: Callable[[list[SeqStep]], bool] | None = None,
+        grow_limit: int | None = None,
     ) -> None:
+        """grow_limit: allocate the pool on demand, one block at a time as the real one grows in
+        slabs, never past grow_limit blocks (memory pressure); None: all of it up front."""
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.cost_ms = cost_ms
@@ -75,6 +78,14 @@ class FakeRunner:
         self.num_steps = 0
         self.last_step_ms = 0.0
         self.last_step_runs: list[int] = []
+        self.num_allocated = num_blocks if grow_limit is None else 0
+        self.grow_limit = grow_limit
+        self.pool_growth = None if grow_limit is None else self._grow
+
+    def _grow(self, min_blocks: int) -> int:
+        if min_blocks <= self.grow_limit:
+            self.num_allocated = max(self.num_allocated, min_blocks)
+        return self.num_allocated
 
     def step(self, seqs: list[SeqStep]) -> list[TokenOutput]:
         if self.fail_if is not None and self.fail_if(seqs):
@@ -87,6 +98,9 @@ class FakeRunner:
             end = seq.start_pos + len(seq.token_ids)
             if len(seq.block_table) * self.block_size < end:
                 raise KVCorruption(f"seq {seq.seq_id}: {len(seq.block_table)} blocks for {end} tokens")
+            if max(seq.block_table) >= self.num_allocated:
+                raise KVCorruption(f"seq {seq.seq_id}: block {max(seq.block_table)} of a pool "
+                                   f"allocated up to {self.num_allocated}")
             for offset, token in enumerate(seq.token_ids):
                 self.kv[self._slot(seq.block_table, seq.start_pos + offset)] = token
             self.tokens_run[seq.seq_id] += len(seq.token_ids)
