@@ -33,6 +33,7 @@ from api.anthropic.schema import (
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
+    parse_messages_request,
 )
 from api.conversation import Conversation
 from api.errors import bad_request
@@ -43,6 +44,14 @@ _JOIN = "\n\n"
 _ASSISTANT_BLOCKS = (TextBlock, ThinkingBlock, RedactedThinkingBlock, ToolUseBlock)
 _USER_BLOCKS = (TextBlock, ToolReferenceBlock, ToolResultBlock)
 _TOOL_RESULT_BLOCKS = (TextBlock, ToolReferenceBlock)
+
+
+def read_request(body: dict[str, Any], for_count_tokens: bool = False
+                 ) -> tuple[MessagesRequest, Conversation]:
+    """The validated request and its conversation. For 100k messages this is about a second of
+    Python: the routes run it off the event loop."""
+    request = parse_messages_request(body, for_count_tokens=for_count_tokens)
+    return request, to_conversation(request)
 
 
 def to_conversation(request: MessagesRequest) -> Conversation:

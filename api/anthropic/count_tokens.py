@@ -2,8 +2,7 @@
 
 from aiohttp import web
 
-from api.anthropic.convert import to_conversation
-from api.anthropic.schema import parse_messages_request
+from api.anthropic.convert import read_request
 from api.context import CONTEXT
 from api.errors import json_response
 from api.json_body import read_json_body
@@ -12,6 +11,6 @@ from api.prompt_render import render_prompt
 
 async def count_tokens(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    body = parse_messages_request(await read_json_body(request), for_count_tokens=True)
-    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, to_conversation(body))
+    _, conversation = await ctx.run_off_loop(read_request, await read_json_body(request), True)
+    prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, conversation)
     return json_response({"input_tokens": round(len(prompt_ids) * ctx.claude_token_scale)})

@@ -4,8 +4,8 @@ import uuid
 
 from aiohttp import web
 
-from api.anthropic.convert import to_conversation
-from api.anthropic.schema import MessagesRequest, parse_messages_request
+from api.anthropic.convert import read_request
+from api.anthropic.schema import MessagesRequest
 from api.anthropic.stream import MessageShape
 from api.context import CONTEXT
 from api.errors import bad_request
@@ -23,9 +23,8 @@ ANTHROPIC_TOOL_CHOICE = {"auto": "auto", "any": "required", "tool": "named", "no
 
 async def messages(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    body = parse_messages_request(await read_json_body(request))
+    body, conversation = await ctx.run_off_loop(read_request, await read_json_body(request))
     model = ctx.check_model_name(body.model)
-    conversation = to_conversation(body)
     prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, conversation)
     choice = tool_choice(body)
     # A deferred tool, once loaded through a tool_reference, can be called like the others.
