@@ -166,13 +166,8 @@ def _load_gguf(path: Path) -> _Loaded:
 def _load_folder(path: Path) -> _Loaded:
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
-    try:
-        config = load_config(path)
-    except ValueError as error:  # invalid JSON
-        raise ModelLoadError(f"{path / 'config.json'} is not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{path / 'config.json'} holds a JSON {type(config).__name__}, "
-                             "not an object")
+    _check_json_object(path / "config.json")
+    config = load_config(path)
     model_type = config.get("model_type")
     module = MODEL_REMAPPING.get(model_type, model_type)
     if not isinstance(module, str) or importlib.util.find_spec(f"mlx_lm.models.{module}") is None:
@@ -194,16 +189,21 @@ def _load_folder(path: Path) -> _Loaded:
     )
 
 
+def _check_json_object(file: Path) -> None:
+    """A clear ModelLoadError for a model folder's JSON file that is unreadable or not an object
+    (the loaders would raise from deep inside, or accept it and fail later)."""
+    try:
+        value = json.loads(file.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{file} is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{file} holds a JSON {type(value).__name__}, not an object")
+
+
 def _load_folder_tokenizer(path: Path):
     config_file = path / "tokenizer_config.json"
     if config_file.exists():
-        try:
-            tokenizer_config = json.loads(config_file.read_bytes())
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"{config_file} is not valid JSON: {error}") from error
-        if not isinstance(tokenizer_config, dict):
-            raise ModelLoadError(
-                f"{config_file} holds a JSON {type(tokenizer_config).__name__}, not an object")
+        _check_json_object(config_file)
     try:
         return AutoTokenizer.from_pretrained(path)
     # What transformers raises for unreadable files (OSError, ValueError), values of the wrong type
