@@ -10,7 +10,7 @@ PRELOAD := $(shell [ -f $(OPENBLAS) ] && echo LD_PRELOAD=$(OPENBLAS))
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install-openblas
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard kernels/*) scripts/install-openblas
 	scripts/install-openblas
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

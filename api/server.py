@@ -22,6 +22,7 @@ from api.request_ids import ACCESS_LOG_FORMAT
 from api.reasoning import reasoning_markers
 from api.settings import Settings
 from api.tool_calls import choose_parser_name
+from engine import cpu_kernels
 from engine.blas import active_blas
 from engine.device import device_description
 from engine.guided import GrammarCompiler
@@ -42,6 +43,7 @@ class StartupError(Exception):
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cpu_kernels.set_enabled(settings.cpu_kernels == "auto")
     try:
         loaded = _load(settings)
         config = _scheduler_config(settings, loaded)
@@ -140,6 +142,7 @@ def _print_startup(loaded: LoadedModel, config: SchedulerConfig, ctx: ServerCont
         f"pagedmlx {metadata.version('pagedmlx')}",
         f"  model:    {loaded.model_id} ({loaded.source})",
         f"  device:   {device_description()}",
+        f"  kernels:  {cpu_kernels.describe()}",
         f"  dtype:    {loaded.dtype}",
         f"  blas:     {active_blas()}",
         f"  kv cache: budget {budget_gb:.2f} GB = {config.num_blocks} blocks x {config.block_size} "

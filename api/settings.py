@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 ENV_PREFIX = "PAGEDMLX_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-DTYPES = ("auto", "float32", "bfloat16", "float16", "quantized")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "quantized", "q8", "q4")
 TOOL_CALL_PARSERS = ("auto", *PARSERS)
 
 
@@ -83,8 +83,15 @@ class Settings:
         False, "allocate the whole KV cache budget at start-up instead of growing it on demand"
     )
     block_size: int = _option(16, "tokens per KV cache block")
+    cpu_kernels: str = _option(
+        "auto", "the compiled CPU kernels (fused paged attention, quantized matmul): `auto` uses "
+        "them where they were built, `off` runs the pure-MLX path", choices=("auto", "off")
+    )
     dtype: str | None = _option(
-        None, "weight dtype (default: float32 on CPU, quantized on GPU)", choices=DTYPES
+        None,
+        "weight dtype (default: q8 on the CPU with its kernels built, else float32; quantized on GPU); "
+        "q8/q4: 8/4-bit weights on the CPU kernels",
+        choices=DTYPES,
     )
     max_model_len: int | None = _option(
         None, "context length limit, prompt plus output (default: the model's)"

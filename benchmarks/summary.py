@@ -147,14 +147,21 @@ def serving_section(serving: dict, engine: dict | None, derived: dict) -> list[s
 
 
 def engine_section(engine: dict) -> list[str]:
-    header = ["batch", "context", "shared prefix", "paged", "dense KVCache", "dense BatchKVCache",
-              "paged / KVCache"]
+    header = ["batch", "context", "shared prefix", "paged", "pure MLX", "kernels / pure MLX",
+              "dense KVCache", "dense BatchKVCache", "paged / KVCache"]
     rows = [[str(case["batch"]), str(case["context"]), "yes" if case["shared_prefix"] else "no",
-             fmt(case["paged_tok_s"]), fmt(case["dense_kv_tok_s"]), fmt(case["dense_batch_tok_s"]),
+             fmt(case["paged_tok_s"]), fmt(case.get("pure_mlx_tok_s")), fmt(case.get("kernel_speedup"), 2),
+             fmt(case["dense_kv_tok_s"]), fmt(case["dense_batch_tok_s"]),
              fmt(case["ratio_vs_dense_kv"], 2)] for case in engine["results"]]
-    return ["## Engine: paged runner beside mlx-lm's dense batched forward", "",
-            f"{engine['model']} ({engine['dtype']}), {engine['blas']}, {engine['decode_steps']} decode steps "
-            f"x {engine['repeats']} repeats (median), tok/s:", ""] + table(header, rows) + [""]
+    lines = ["## Engine: paged runner, its pure-MLX path and mlx-lm's dense batched forward", "",
+             f"{engine['model']} ({engine['dtype']}, {engine.get('kernels', 'pure MLX')}), {engine['blas']}, "
+             f"{engine['decode_steps']} decode steps x {engine['repeats']} repeats (median), tok/s:", ""]
+    lines += table(header, rows) + [""]
+    if prefill := engine.get("prefill"):
+        lines += [f"A {prefill['chunk']}-token prefill chunk ending at {prefill['context']} tokens of "
+                  f"context: {prefill['kernels_s']:.2f} s with the kernels, {prefill['pure_mlx_s']:.2f} s "
+                  f"pure MLX ({prefill['kernel_speedup']:.2f}x).", ""]
+    return lines
 
 
 def scheduler_section(scheduler: dict) -> list[str]:

@@ -1,6 +1,6 @@
 """The seam into mlx-lm: its model modules import `scaled_dot_product_attention` from
 `mlx_lm.models.base` by name and call it with `cache=cache`. Rebinding that name in the loaded
-model's modules sends paged caches to paged_attention and everything else to mlx-lm's function,
+model's modules sends paged caches to the paged read (engine/attention_reads.py) and everything else to mlx-lm's function,
 so mlx-lm's own KVCache path keeps working in the same process."""
 
 import sys
@@ -12,7 +12,7 @@ from mlx_lm.models import base
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from engine.kv_pool import KVPool
-from engine.paged_attention import paged_attention
+from engine.attention_reads import attend
 from engine.paged_cache import PagedCache, build_layout, make_caches
 
 _ORIGINAL = base.scaled_dot_product_attention
@@ -26,7 +26,7 @@ def scaled_dot_product_attention(
     if kwargs.get("sinks") is not None:
         raise NotImplementedError("paged attention has no attention sinks")
     cache.reads += 1
-    return paged_attention(queries, cache, scale)
+    return attend(queries, cache, scale)
 
 
 def install_paged_attention(model: nn.Module) -> None:

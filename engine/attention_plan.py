@@ -106,17 +106,17 @@ def plan_attention(
     contexts are `runs[b]`, in a pool of `num_slots` slots. Tiles are at most `max_width` wide
     unless `tile_width` forces the width of the rows' tiles; `cascade_min_saved=None` turns
     cascades off."""
-    groups = _cascade_groups(block_tables, start_positions, block_size, cascade_min_saved)
+    groups = cascade_groups(block_tables, start_positions, block_size, cascade_min_saved)
     shared = [0] * len(runs)
     cascades = []
     for rows, shared_len in groups:
         for row in rows:
             shared[row] = shared_len
-        prefix = _clip(runs[rows[0]], 0, shared_len)
+        prefix = clip_runs(runs[rows[0]], 0, shared_len)
         tiles, _ = _tile_read([prefix], len(rows) * q_len, None, max_width, num_slots, num_kv_heads)
         cascades.append(Cascade(mx.array(rows, dtype=mx.uint32), tiles))
 
-    own = [_clip(row_runs, shared[b], start_positions[b] + q_len) for b, row_runs in enumerate(runs)]
+    own = [clip_runs(row_runs, shared[b], start_positions[b] + q_len) for b, row_runs in enumerate(runs)]
     causal = (start_positions, q_len) if q_len > 1 else None
     row_tiles, tile_rows = _tile_read(own, q_len, tile_width, max_width, num_slots, num_kv_heads, causal)
 
@@ -129,7 +129,7 @@ def plan_attention(
     return AttentionPlan(row_tiles, cascades, destinations)
 
 
-def _cascade_groups(
+def cascade_groups(
     block_tables: list[list[int]], start_positions: list[int], block_size: int, min_saved: int | None
 ) -> list[tuple[list[int], int]]:
     """(rows, shared tokens) for each set of rows that start with the same physical blocks, shared
@@ -153,7 +153,7 @@ def _cascade_groups(
     return groups
 
 
-def _clip(runs: list[Segment], begin: int, end: int) -> list[Segment]:
+def clip_runs(runs: list[Segment], begin: int, end: int) -> list[Segment]:
     """The parts of runs between positions begin and end."""
     clipped = []
     for slot, position, length in runs:

@@ -1,5 +1,6 @@
-"""The one attention read over the paged KV pool. A fused kernel per device would replace this
-function; everything it needs is in the cache's plan (engine/attention_plan.py).
+"""The pure-MLX attention read over the paged KV pool for the CPU, where the compiled kernel
+(engine/fused_attention.py) is not built; GPUs read by engine/gather_attention.py. Everything it
+needs is in the cache's plan (engine/attention_plan.py).
 
 Queries are grouped per kv head (`[kv_heads, group * q_len, head_dim]`), so GQA reads each key
 once. On the CPU, tiles are read through a strided window view of the pool with `gather_mm`,
@@ -13,7 +14,6 @@ import math
 import mlx.core as mx
 
 from engine.attention_plan import TileRead
-from engine.device import on_gpu
 
 _LN2 = math.log(2.0)
 _EXP2_TAYLOR = [_LN2**k / math.factorial(k) for k in range(7)]  # 2**f for |f| <= 1/2, error 1.2e-7
@@ -65,17 +65,14 @@ def _read_tiles(queries: mx.array, keys: mx.array, values: mx.array, tiles: Tile
     by_tiles = []
     for first in range(0, count, tile_step):
         n = slice(first, first + tile_step)
-        if index is None:  # gathered tiles
-            keys_n, values_n, index_n = key_tiles[n], value_tiles[n], None
-        else:
-            keys_n, values_n, index_n = key_tiles, value_tiles, index[n]
+        index_n = index[n]
         bias_n = None if tiles.bias is None else tiles.bias[n]
         by_positions = []
         for start in range(0, q_len, position_step):
             positions = slice(start, start + position_step)
             bias = bias_n if bias_n is None or bias_n.shape[-2] == 1 else bias_n[..., positions, :]
             piece_queries = _positions(queries, q_len, positions)
-            by_positions.append(_read_piece(piece_queries, keys_n, values_n, index_n, tiles.query_rows, bias))
+            by_positions.append(_read_piece(piece_queries, key_tiles, value_tiles, index_n, tiles.query_rows, bias))
         by_tiles.append([_join_positions([part[i] for part in by_positions], groups) for i in range(3)])
     return [mx.concatenate([part[i] for part in by_tiles]) for i in range(3)]
 
@@ -105,24 +102,20 @@ def _read_piece(queries, key_tiles, value_tiles, index, query_rows, bias):
         per_query = scores.reshape(shape[0], shape[1], -1, bias.shape[-2], shape[-1])
         scores = (per_query + bias).reshape(shape)
     tile_max = scores.max(axis=-1, keepdims=True)
-    weights = _exp(scores - tile_max)
+    weights = fast_exp(scores - tile_max)
     total = weights.sum(axis=-1, keepdims=True)
     out = mx.gather_mm(weights.astype(value_tiles.dtype), value_tiles, rhs_indices=index)
     return out.astype(mx.float32), tile_max, total
 
 
-def _tiles(pool: mx.array, tiles: TileRead) -> tuple[mx.array, mx.array | None]:
-    """The tiles' keys or values for gather_mm: on the CPU every window of `width` consecutive slots
-    as a view of the pool, [kv_heads, slots - width + 1, width, head_dim] (overlapping rows, no
-    copy), with the tiles' window indices. GPU matmul kernels would copy such a view whole, so
-    there the tiles are gathered instead, [N, kv_heads, width, head_dim]."""
+def _tiles(pool: mx.array, tiles: TileRead) -> tuple[mx.array, mx.array]:
+    """The tiles' keys or values for gather_mm: every window of `width` consecutive slots as a view
+    of the pool, [kv_heads, slots - width + 1, width, head_dim] (overlapping rows, no copy), with
+    the tiles' window indices."""
     heads, slots, dim = pool.shape
     width = tiles.width
-    if not on_gpu():
-        windows = mx.as_strided(pool, (heads, slots - width + 1, width, dim), (slots * dim, dim, dim, 1))
-        return windows, tiles.windows
-    first_slots = tiles.windows[:, :1]  # head 0's window index is its first slot
-    return pool[:, first_slots + mx.arange(width, dtype=mx.uint32)].transpose(1, 0, 2, 3), None
+    windows = mx.as_strided(pool, (heads, slots - width + 1, width, dim), (slots * dim, dim, dim, 1))
+    return windows, tiles.windows
 
 
 def _per_row(partial: mx.array, rows: int) -> mx.array:
@@ -141,10 +134,6 @@ def _merge(partials: list, destinations: mx.array, batch: int) -> tuple[mx.array
     merged_out = mx.zeros((batch, *out.shape[1:])).at[destinations].add(out * weight)
     merged_total = mx.zeros(shape).at[destinations].add(total * weight)
     return merged_out, merged_total
-
-
-def _exp(x: mx.array) -> mx.array:
-    return mx.exp(x) if on_gpu() else fast_exp(x)
 
 
 def fast_exp(x: mx.array) -> mx.array:

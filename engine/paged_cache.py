@@ -6,15 +6,8 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
-from engine.attention_plan import (
-    CASCADE_MIN_SAVED,
-    MAX_TILE_BYTES,
-    AttentionPlan,
-    Segment,
-    context_runs,
-    count_runs,
-    plan_attention,
-)
+from engine.attention_plan import CASCADE_MIN_SAVED, Segment, context_runs, count_runs
+from engine.attention_reads import plan_read
 from engine.kv_pool import KVPool
 
 __all__ = ["BatchLayout", "PagedCache", "build_layout", "count_runs", "make_caches"]
@@ -33,7 +26,7 @@ class BatchLayout:
     runs: list[list[Segment]]  # per row, runs of consecutive slots covering its context
     tile_width: int | None = None  # forces the tile width (tests, benchmarks)
     cascade_min_saved: int | None = CASCADE_MIN_SAVED
-    plan: AttentionPlan | None = field(default=None, repr=False)  # by make_caches, knowing the pool
+    plan: object | None = field(default=None, repr=False)  # by make_caches: the read's plan (attention_reads)
 
 
 def build_layout(
@@ -79,7 +72,7 @@ class PagedCache:
         self.reads = 0  # attention calls that went through the dispatcher (check_paged_dispatch)
 
     @property
-    def plan(self) -> AttentionPlan:
+    def plan(self):
         return self.layout.plan
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
@@ -93,16 +86,5 @@ class PagedCache:
 def make_caches(pool: KVPool, layout: BatchLayout) -> list[PagedCache]:
     """One cache per layer, for `model(inputs, cache=...)`; plans the attention reads once for all."""
     if layout.plan is None:
-        layout.plan = plan_attention(
-            layout.block_tables,
-            layout.start_positions,
-            layout.q_len,
-            layout.block_size,
-            layout.runs,
-            pool.num_slots,
-            pool.num_kv_heads,
-            max_width=MAX_TILE_BYTES // (pool.head_dim * pool.dtype.size),
-            tile_width=layout.tile_width,
-            cascade_min_saved=layout.cascade_min_saved,
-        )
+        layout.plan = plan_read(layout, pool)
     return [PagedCache(pool, layer, layout) for layer in range(pool.num_layers)]

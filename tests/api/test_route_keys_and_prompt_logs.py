@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 from http_client import request
-from live_server import LiveServer, start_server
+from live_server import LiveServer, start_server, wait_for
 
 KEY = "route-key-456"
 SECRET = "the violet marmot sings at noon"
@@ -57,9 +57,14 @@ def test_without_log_prompts_no_text_is_logged(server: LiveServer):
     reply = request(server.port, "POST", "/v1/chat/completions", body)
     assert reply.status == 200
     output = reply.json()["choices"][0]["message"]["content"]
+    request_id = reply.headers["x-request-id"]
+
+    def access_lines() -> list[str]:
+        return [line for line in server.log().splitlines() if "aiohttp.access" in line and request_id in line]
+
+    wait_for(access_lines, what="the access log line")  # written after the response is sent
     log = server.log()
     assert SECRET not in log
     assert repr(output) not in log
-    request_id = reply.headers["x-request-id"]
-    access = [line for line in log.splitlines() if "aiohttp.access" in line and request_id in line]
+    access = access_lines()
     assert len(access) == 1 and '"POST /v1/chat/completions HTTP/1.1" 200 ' in access[0]

@@ -1,4 +1,5 @@
-"""Paged attention on tiny random-weight models: logits equal mlx-lm's dense KVCache forward for
+"""Paged attention on tiny random-weight models, through each read of the pool (the fused CPU
+kernel, the GPU gather, the pure-MLX tiles): logits equal mlx-lm's dense KVCache forward for
 ragged decode rows, prefill chunks continuing a cached prefix, fragmented block tables, cascades
 over shared prefixes, one and several tiles per row; plus the pool write and the fast exp."""
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
-from engine import paged_attention
+from engine import cpu_kernels, paged_attention
 from engine.attention_dispatch import install_paged_attention
+from engine.attention_reads import READS, force_read
 from engine.attention_plan import context_runs, count_runs
 from engine.kv_pool import KVPool
 from engine.paged_attention import fast_exp
@@ -25,12 +27,14 @@ MODELS = {"llama": tiny_llama, "qwen3": tiny_qwen3}
 WIDTHS = [None, 4, 64]
 
 
-@pytest.fixture(params=["views", "gathers"])
-def tile_source(request, monkeypatch):
-    """How tiles are read: strided window views of the pool (CPU), or gathered (the GPU path)."""
-    if request.param == "gathers":
-        monkeypatch.setattr(paged_attention, "on_gpu", lambda: True)
-    return request.param
+@pytest.fixture(params=READS)
+def read(request):
+    """Each read of the pool (engine/attention_reads.py), whatever this machine would choose."""
+    if request.param == "fused" and cpu_kernels.kernels() is None:
+        pytest.skip("the CPU kernels are not built here")
+    force_read(request.param)
+    yield request.param
+    force_read(None)
 
 
 @pytest.fixture(params=["one piece", "pieces"])
@@ -100,7 +104,7 @@ def random_tokens(n: int, rng: random.Random) -> list[int]:
 
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("shuffled", [False, True], ids=["contiguous", "shuffled"])
-def test_ragged_decode_rows_match_dense(model, tile_source, shuffled, width):
+def test_ragged_decode_rows_match_dense(model, read, shuffled, width):
     rng = random.Random(1)
     sequences = [random_tokens(n, rng) for n in (6, 17, 33, 41)]
     tables = block_tables([len(s) for s in sequences], shuffled)
@@ -111,9 +115,9 @@ def test_ragged_decode_rows_match_dense(model, tile_source, shuffled, width):
     starts = [len(s) - 1 for s in sequences]
     logits, layout = paged_forward(model, pool, tables, starts, [s[-1:] for s in sequences], tile_width=width)
 
-    if width == 64 and not shuffled:
+    if read == "tiles" and width == 64 and not shuffled:
         assert layout.plan.destinations is None  # one tile per row, nothing to merge
-    elif width == 4:
+    elif read == "tiles" and width == 4:
         assert layout.plan.rows.windows.shape[0] == sum(-(-(n + 1) // 4) for n in starts)
     assert isinstance(layout.rope_offset, mx.array)
     for row, tokens in enumerate(sequences):
@@ -121,7 +125,7 @@ def test_ragged_decode_rows_match_dense(model, tile_source, shuffled, width):
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model, tile_source, pieces, width):
+def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model, read, pieces, width):
     rng = random.Random(2)
     tokens = random_tokens(23, rng)
     prefix = 13  # not block-aligned: the chunk starts inside a block
@@ -132,11 +136,12 @@ def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model, tile_sour
     logits, layout = paged_forward(model, pool, [table], [prefix], [tokens[prefix:]], tile_width=width)
 
     assert layout.rope_offset == prefix
-    assert layout.plan.rows.bias is not None  # causal within the chunk
+    if read == "tiles":
+        assert layout.plan.rows.bias is not None  # causal within the chunk
     assert_close(logits[0], dense_logits(model, tokens, len(tokens) - prefix))
 
 
-def test_batched_prefill_chunks_over_a_shared_prefix_match_dense(model, pieces):
+def test_batched_prefill_chunks_over_a_shared_prefix_match_dense(model, read, pieces):
     rng = random.Random(4)
     shared = random_tokens(2 * BLOCK, rng)
     sequences = [shared + random_tokens(n, rng) for n in (7, 17)]
@@ -153,13 +158,14 @@ def test_batched_prefill_chunks_over_a_shared_prefix_match_dense(model, pieces):
     chunks = [s[-chunk:] for s in sequences]
     logits, layout = paged_forward(model, pool, tables, starts, chunks, tile_width=4, cascade_min_saved=1)
 
-    assert len(layout.plan.cascades) == 1
+    if read == "tiles":
+        assert len(layout.plan.cascades) == 1
     for row, tokens in enumerate(sequences):
         assert_close(logits[row], dense_logits(model, tokens, chunk))
 
 
 @pytest.mark.parametrize("width", [None, 4])
-def test_rows_sharing_a_prefix_read_it_once_and_match_dense(model, tile_source, width):
+def test_rows_sharing_a_prefix_read_it_once_and_match_dense(model, read, width):
     rng = random.Random(6)
     shared = random_tokens(6 * BLOCK, rng)
     own_lengths = [1, 3, 9, 14]
@@ -178,17 +184,19 @@ def test_rows_sharing_a_prefix_read_it_once_and_match_dense(model, tile_source, 
     last = [s[-1:] for s in sequences]
     logits, layout = paged_forward(model, pool, tables, starts, last, tile_width=width, cascade_min_saved=1)
 
-    (cascade,) = layout.plan.cascades
-    assert cascade.rows.tolist() == [0, 1, 2, 3]
+    if read == "tiles":
+        (cascade,) = layout.plan.cascades
+        assert cascade.rows.tolist() == [0, 1, 2, 3]
     for row, tokens in enumerate(sequences):
         assert_close(logits[row, 0], dense_logits(model, tokens, 1)[0])
     # By default sharing 24 tokens 4 times saves too little to be worth a cascade.
     plain, plain_layout = paged_forward(model, pool, tables, starts, last, tile_width=width)
-    assert not plain_layout.plan.cascades
+    if read == "tiles":
+        assert not plain_layout.plan.cascades
     assert_close(logits, plain)
 
 
-def test_window_slides_back_at_the_end_of_the_pool(model, tile_source):
+def test_window_slides_back_at_the_end_of_the_pool(model, read):
     rng = random.Random(8)
     tokens = random_tokens(7, rng)
     pool = new_pool(model, num_blocks=8)
@@ -197,7 +205,8 @@ def test_window_slides_back_at_the_end_of_the_pool(model, tile_source):
 
     logits, layout = paged_forward(model, pool, [table], [6], [tokens[-1:]], tile_width=16)
 
-    assert layout.plan.rows.windows[:, 0].max().item() <= pool.num_slots - 16  # head 0: the first slot
+    if read == "tiles":
+        assert layout.plan.rows.windows[:, 0].max().item() <= pool.num_slots - 16  # head 0: the first slot
     assert_close(logits[0, 0], dense_logits(model, tokens, 1)[0])
 
 
@@ -239,7 +248,7 @@ def test_build_layout_slots_and_runs():
     assert count_runs(table) == 3 and count_runs([]) == 0 and count_runs([4]) == 1
 
 
-def test_interleaved_blocks_share_windows_and_match_dense(model, tile_source):
+def test_interleaved_blocks_share_windows_and_match_dense(model, read):
     """Two sequences whose blocks alternate (as when one prefills while the other decodes) are read
     through a few masked windows each, not one tile per block, and still give the dense logits."""
     rng = random.Random(7)
@@ -252,7 +261,8 @@ def test_interleaved_blocks_share_windows_and_match_dense(model, tile_source):
     starts = [len(s) - 1 for s in sequences]
     logits, layout = paged_forward(model, pool, tables, starts, [s[-1:] for s in sequences], tile_width=16)
 
-    runs = sum(count_runs(table[: -(-(n + 1) // BLOCK)]) for table, n in zip(tables, starts))
-    assert layout.plan.rows.windows.shape[0] < runs
+    if read == "tiles":
+        runs = sum(count_runs(table[: -(-(n + 1) // BLOCK)]) for table, n in zip(tables, starts))
+        assert layout.plan.rows.windows.shape[0] < runs
     for row, tokens in enumerate(sequences):
         assert_close(logits[row, 0], dense_logits(model, tokens, 1)[0])

@@ -1,0 +1,11 @@
+// Each kernel adds its functions to the Python module in its own file.
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+namespace pagedmlx {
+
+void register_paged_attention(nanobind::module_& m);
+void register_quantized_matmul(nanobind::module_& m);
+
+}  // namespace pagedmlx

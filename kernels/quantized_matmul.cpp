@@ -1,0 +1,5 @@
+#include "kernels.h"
+
+namespace pagedmlx {
+void register_quantized_matmul(nanobind::module_&) {}
+}  // namespace pagedmlx
