@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_encoder.h"
 #include "cpu_features.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
@@ -516,10 +517,7 @@ class PagedAttention : public mx::Primitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
+    auto& encoder = cpu_encoder_for(stream(), inputs, out);
     const auto& q = inputs[0];
     Dims dims{static_cast<int>(q.shape(1)), static_cast<int>(inputs[1].shape(0)), static_cast<int>(q.shape(2)),
               static_cast<int>(q.shape(3)), static_cast<int>(inputs[1].shape(1)), scale_};

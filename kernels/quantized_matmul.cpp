@@ -21,6 +21,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_encoder.h"
 #include "cpu_features.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
@@ -305,10 +306,7 @@ class QuantizedMatmul : public mx::Primitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
+    auto& encoder = cpu_encoder_for(stream(), inputs, out);
     Shape2 shape = shape_;
     shape.m = static_cast<int>(inputs[0].shape(0));
     encoder.dispatch([inputs, out, shape, isa = isa_, has_bias = has_bias_]() mutable {
@@ -432,10 +430,7 @@ class DequantizeRows : public mx::Primitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
+    auto& encoder = cpu_encoder_for(stream(), inputs, out);
     encoder.dispatch([inputs, out, s = shape_]() mutable {
       const uint8_t* w = inputs[0].data<uint8_t>();
       const float* sc = inputs[1].data<float>();

@@ -114,27 +114,6 @@ def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model):
     assert_close(logits[0], dense_logits(model, tokens, len(tokens) - prefix))
 
 
-def test_decode_rows_sharing_a_prefix_match_dense(model):
-    rng = random.Random(4)
-    shared = random_tokens(6 * BLOCK, rng)
-    own_lengths = [1, 3, 9, 14]
-    sequences = [shared + random_tokens(n, rng) for n in own_lengths]
-    loner = random_tokens(30, rng)  # a row that shares nothing
-    sequences.append(loner)
-    pool = new_pool(model)
-    shared_blocks = list(range(40, 46))  # not at the pool's start, so slots are not positions
-    prefill(model, pool, shared_blocks, shared)
-    own_tables = block_tables([*own_lengths, len(loner)], shuffled=True, seed=5, taken=tuple(shared_blocks))
-    tables = [shared_blocks + own for own in own_tables[:-1]] + own_tables[-1:]
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-1], start=len(shared) if tokens is not loner else 0, chunk=4)
-
-    starts = [len(s) - 1 for s in sequences]
-    logits, _ = gather_forward(model, pool, tables, starts, [s[-1:] for s in sequences])
-
-    assert_rows_match_dense(model, logits, sequences, 1)
-
-
 def test_batched_prefill_chunks_over_a_shared_prefix_match_dense(model):
     """Rows at different starts with several new tokens each: the boolean mask is causal per row."""
     rng = random.Random(6)
