@@ -3,7 +3,7 @@ in one run: decode throughput at concurrency 16 (48 distinct short prompts, 64 t
 time to first token of one cold long prompt (by default ~12k tokens, Claude Code's first request).
 
     .venv/bin/python -m benchmarks.peer_compare --server pagedmlx=http://127.0.0.1:8081 \\
-        --server llama.cpp=http://127.0.0.1:8090 [--prompt-words 9000]
+        --server llama.cpp=http://127.0.0.1:8090 [--prompt-words 11250] [--parts decode,prefill]
 
 Start each server beforehand (the README's Benchmarks section has the flags used); they are measured
 one after the other, the others idle. Prints a table.
@@ -11,6 +11,7 @@ one after the other, the others idle. Prints a table.
 
 import argparse
 import asyncio
+import math
 import random
 
 from benchmarks.load_generator import client_session
@@ -33,27 +34,29 @@ async def cold_prompt_ttft_s(base_url: str, model: str, words: int, seed: int) -
     return record.chunk_times_s[0], record.prompt_tokens
 
 
-async def measure(name: str, base_url: str, words: int, seed: int) -> dict:
-    decode = await run_sweep_point(base_url, "default", DECODE, IGNORE_EOS, name)
-    ttft_s, prompt_tokens = await cold_prompt_ttft_s(base_url, "default", words, seed)
-    return {"server": name, "output_tok_s": decode["output_throughput"], "cold_ttft_s": ttft_s,
-            "prompt_tokens": prompt_tokens}
+async def measure(name: str, base_url: str, words: int, seed: int, parts: set[str]) -> dict:
+    row = {"server": name, "output_tok_s": math.nan, "cold_ttft_s": math.nan, "prompt_tokens": 0}
+    if "decode" in parts:
+        row["output_tok_s"] = (await run_sweep_point(base_url, "default", DECODE, IGNORE_EOS, name))["output_throughput"]
+    if "prefill" in parts:
+        row["cold_ttft_s"], row["prompt_tokens"] = await cold_prompt_ttft_s(base_url, "default", words, seed)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", action="append", required=True, metavar="NAME=URL")
-    parser.add_argument("--prompt-words", type=int, default=9000, help="words of the cold prompt")
+    parser.add_argument("--prompt-words", type=int, default=11250, help="words of the cold prompt (~12k tokens)")
+    parser.add_argument("--parts", default="decode,prefill", help="which figures: decode, prefill or both")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rows = []
-    for spec in args.server:
-        name, url = spec.split("=", 1)
-        rows.append(asyncio.run(measure(name, url.rstrip("/"), args.prompt_words, args.seed)))
     print("| server | output tok/s at c=16 | cold prompt tokens | TTFT |")
     print("|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['server']} | {row['output_tok_s']:.1f} | {row['prompt_tokens']} | {row['cold_ttft_s']:.1f} s |")
+    for spec in args.server:
+        name, url = spec.split("=", 1)
+        row = asyncio.run(measure(name, url.rstrip("/"), args.prompt_words, args.seed, set(args.parts.split(","))))
+        print(f"| {row['server']} | {row['output_tok_s']:.1f} | {row['prompt_tokens']} | {row['cold_ttft_s']:.1f} s |",
+              flush=True)
 
 
 if __name__ == "__main__":
