@@ -107,16 +107,12 @@ def plan_attention(
     unless `tile_width` forces the width of the rows' tiles; `cascade_min_saved=None` turns
     cascades off."""
     groups = cascade_groups(block_tables, start_positions, block_size, cascade_min_saved)
-    shared = [0] * len(runs)
+    own, prefixes = split_shared_prefixes(runs, start_positions, q_len, groups)
     cascades = []
-    for rows, shared_len in groups:
-        for row in rows:
-            shared[row] = shared_len
-        prefix = clip_runs(runs[rows[0]], 0, shared_len)
+    for (rows, _), prefix in zip(groups, prefixes):
         tiles, _ = _tile_read([prefix], len(rows) * q_len, None, max_width, num_slots, num_kv_heads)
         cascades.append(Cascade(mx.array(rows, dtype=mx.uint32), tiles))
 
-    own = [clip_runs(row_runs, shared[b], start_positions[b] + q_len) for b, row_runs in enumerate(runs)]
     causal = (start_positions, q_len) if q_len > 1 else None
     row_tiles, tile_rows = _tile_read(own, q_len, tile_width, max_width, num_slots, num_kv_heads, causal)
 
@@ -153,7 +149,21 @@ def cascade_groups(
     return groups
 
 
-def clip_runs(runs: list[Segment], begin: int, end: int) -> list[Segment]:
+def split_shared_prefixes(
+    runs: list[list[Segment]], start_positions: list[int], q_len: int, groups: list[tuple[list[int], int]]
+) -> tuple[list[list[Segment]], list[list[Segment]]]:
+    """For cascade groups (rows, shared tokens): each row's own runs, after its group's shared
+    prefix and up to its last new token, and each group's shared prefix (its first row's runs)."""
+    shared = [0] * len(runs)
+    for rows, shared_len in groups:
+        for row in rows:
+            shared[row] = shared_len
+    own = [_clip(row_runs, shared[b], start_positions[b] + q_len) for b, row_runs in enumerate(runs)]
+    prefixes = [_clip(runs[rows[0]], 0, shared_len) for rows, shared_len in groups]
+    return own, prefixes
+
+
+def _clip(runs: list[Segment], begin: int, end: int) -> list[Segment]:
     """The parts of runs between positions begin and end."""
     clipped = []
     for slot, position, length in runs:

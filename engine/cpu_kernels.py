@@ -5,7 +5,6 @@ extension could not be built, or `--cpu-kernels off` turns it off, the pure-MLX 
 startup log says which (`describe()`). GPUs always keep MLX's own kernels.
 """
 
-import logging
 from types import ModuleType
 
 from engine.device import on_gpu
@@ -17,7 +16,6 @@ except ImportError as error:  # not built on this machine
 else:
     _IMPORT_ERROR = ""
 
-log = logging.getLogger(__name__)
 _enabled = True
 
 

@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from engine import cpu_kernels
-from engine.attention_plan import Segment, cascade_groups, clip_runs
+from engine.attention_plan import Segment, cascade_groups, split_shared_prefixes
 
 if TYPE_CHECKING:
     from engine.kv_pool import KVPool
@@ -44,16 +44,9 @@ def plan_fused(layout: BatchLayout, pool: KVPool) -> FusedPlan:
     """The kernel's plan for one forward of this layout."""
     batch = len(layout.start_positions)
     groups = cascade_groups(layout.block_tables, layout.start_positions, layout.block_size, layout.cascade_min_saved)
-    shared = [0] * batch
-    for rows, shared_len in groups:
-        for row in rows:
-            shared[row] = shared_len
     grouped = {row for rows, _ in groups for row in rows}
     groups = groups + [([row], 0) for row in range(batch) if row not in grouped]
-
-    ends = [start + layout.q_len for start in layout.start_positions]
-    own = [clip_runs(runs, shared[b], ends[b]) for b, runs in enumerate(layout.runs)]
-    prefixes = [clip_runs(layout.runs[rows[0]], 0, shared_len) for rows, shared_len in groups]
+    own, prefixes = split_shared_prefixes(layout.runs, layout.start_positions, layout.q_len, groups)
     _check_inside(own + prefixes, pool.num_slots)
     row_offsets, row_segments = _flatten(own)
     shared_offsets, shared_segments = _flatten(prefixes)
