@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 ENV_PREFIX = "PAGEDMLX_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-DTYPES = ("auto", "float32", "bfloat16", "float16", "quantized", "q8", "q4")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "quantized", "q8", "q4", "q8-int8", "q4-int8")
 TOOL_CALL_PARSERS = ("auto", *PARSERS)
 
 
@@ -89,8 +89,9 @@ class Settings:
     )
     dtype: str | None = _option(
         None,
-        "weight dtype (default: float32 on CPU, quantized on GPU); q8/q4: 8/4-bit weights on the CPU "
-        "kernels (int8 activations)",
+        "weight dtype (default auto: as stored on GPU; on CPU a quantized checkpoint keeps its bits on the "
+        "exact CPU kernel, else float32); q8/q4: at most 8/4-bit weights on the exact CPU kernel (float32 "
+        "activations); q8-int8/q4-int8: the int8-activation kernel (faster prefill, rounded activations)",
         choices=DTYPES,
     )
     max_model_len: int | None = _option(

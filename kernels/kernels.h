@@ -5,7 +5,9 @@
 
 namespace pagedmlx {
 
+void register_activations(nanobind::module_& m);
 void register_paged_attention(nanobind::module_& m);
+void register_dequant_matmul(nanobind::module_& m);
 void register_quantized_matmul(nanobind::module_& m);
 
 }  // namespace pagedmlx

@@ -23,6 +23,7 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
+#include "simd_math.h"
 #include "thread_pool.h"
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -73,20 +74,6 @@ struct GenericKernels {
       }
     }
   }
-  // exp as exp512 below, one lane at a time, so the loop over keys vectorizes.
-  static float exp_poly(float x) {
-    float y = std::max(x * 1.4426950408889634f, -126.0f);
-    float n = std::nearbyint(y);
-    float f = y - n;
-    float poly = 0.00015403530393381606f;
-    for (float c : {0.0013333558146428443f, 0.009618129107628477f, 0.05550410866482158f, 0.2402265069591007f,
-                    0.6931471805599453f, 1.0f})
-      poly = poly * f + c;
-    int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return poly * scale;
-  }
   static void softmax_step(float* s, int nq, const int* valid, float* m, float* l, float* acc, int dim) {
     for (int i = 0; i < nq; ++i) {
       float* __restrict row = s + i * kKeyBlock;
@@ -124,19 +111,6 @@ struct GenericKernels {
 
 #if defined(__x86_64__)
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-
-// exp(x) for x <= 0 as engine/paged_attention.py's fast_exp: 2**n * 2**f, n = round(x / ln 2),
-// 2**f by its Taylor polynomial (|f| <= 1/2, relative error ~1e-7).
-AVX512 inline __m512 exp512(__m512 x) {
-  __m512 y = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)), _mm512_set1_ps(-126.0f));
-  __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_sub_ps(y, n);
-  const float c[7] = {1.0f, 0.6931471805599453f, 0.2402265069591007f, 0.05550410866482158f,
-                      0.009618129107628477f, 0.0013333558146428443f, 0.00015403530393381606f};
-  __m512 poly = _mm512_set1_ps(c[6]);
-  for (int k = 5; k >= 0; --k) poly = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(c[k]));
-  return _mm512_scalef_ps(poly, n);
-}
 
 struct Avx512Kernels {
   // 16 keys x 16 dims transposed in registers: r[j] = k[j][d0 : d0 + 16] becomes column d0 + c.

@@ -23,6 +23,7 @@
 
 #include "cpu_encoder.h"
 #include "cpu_features.h"
+#include "kernel_args.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -38,6 +39,8 @@ namespace nb = nanobind;
 
 namespace pagedmlx {
 namespace {
+
+constexpr const char* kOp = "quantized_matmul";
 
 constexpr int kPanel = 16;     // output columns per panel: one 512-bit vector of int32
 constexpr int kRowTile = 4;    // rows per microkernel call
@@ -328,10 +331,6 @@ class QuantizedMatmul : public mx::Primitive {
   bool has_bias_;
 };
 
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument("quantized_matmul: " + message);
-}
-
 Isa choose_isa(const std::string& requested) {
   const auto& f = cpu_features();
   const bool vnni = f.avx512 && f.avx512_vnni, avx2 = f.avx2;
@@ -342,34 +341,23 @@ Isa choose_isa(const std::string& requested) {
   throw std::invalid_argument("quantized_matmul: isa '" + requested + "' is not available here");
 }
 
-void check_shape(int bits, int group_size, int n, int k) {
-  require(bits == 8 || bits == 4, "bits must be 8 or 4");
-  require(group_size == 32 || group_size == 64 || group_size == 128, "group_size must be 32, 64 or 128");
-  require(n > 0 && k > 0 && k % group_size == 0, "K must be a positive multiple of group_size");
-}
-
-mx::array cpu_float32(const mx::array& a) {
-  auto cpu = mx::default_stream(mx::Device::cpu);
-  return mx::contiguous(mx::astype(a, mx::float32, cpu), false, cpu);
-}
-
 mx::array quantized_matmul(const mx::array& x, const mx::array& packed, const mx::array& scales,
                            const mx::array& biases, int bits, int group_size, int n, int k,
                            const std::optional<mx::array>& bias, const std::string& isa) {
-  check_shape(bits, group_size, n, k);
-  require(x.ndim() >= 1 && x.shape(-1) == k, "x's last axis must be K");
+  check_quantized_shape(kOp, bits, group_size, n, k);
+  require(x.ndim() >= 1 && x.shape(-1) == k, kOp, "x's last axis must be K");
   Shape2 shape{0, n, k, bits, group_size};
-  require(packed.dtype() == mx::uint8 && packed.size() == static_cast<size_t>(shape.panels()) * shape.panel_bytes(),
+  require(packed.dtype() == mx::uint8 && packed.size() == static_cast<size_t>(shape.panels()) * shape.panel_bytes(), kOp,
           "packed must be pack_quantized's uint8 array for this N, K and bits");
   const size_t scale_count = static_cast<size_t>(shape.panels()) * shape.groups() * kPanel;
-  require(scales.size() == scale_count && biases.size() == scale_count, "scales/biases must come from pack_quantized");
+  require(scales.size() == scale_count && biases.size() == scale_count, kOp, "scales/biases must come from pack_quantized");
   auto cpu = mx::default_stream(mx::Device::cpu);
   mx::Shape out_shape = x.shape();
   out_shape.back() = n;
   std::vector<mx::array> inputs = {mx::reshape(cpu_float32(x), {-1, k}, cpu), packed, cpu_float32(scales),
                                    cpu_float32(biases)};
   if (bias) {
-    require(bias->size() == static_cast<size_t>(n), "bias must have N entries");
+    require(bias->size() == static_cast<size_t>(n), kOp, "bias must have N entries");
     inputs.push_back(cpu_float32(*bias));
   }
   const int m = static_cast<int>(inputs[0].shape(0));
@@ -379,20 +367,14 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& packed, const mx
   return mx::reshape(y, out_shape, cpu);
 }
 
-// q of weight row `row`, column k, from MLX's uint32 words (element k at bit k * bits).
-inline int mlx_q(const uint32_t* words, int words_per_row, int row, int k, int bits) {
-  const int bit = k * bits;
-  return (words[static_cast<size_t>(row) * words_per_row + bit / 32] >> (bit % 32)) & ((1 << bits) - 1);
-}
-
 // Repacks MLX's quantize output (wq uint32 [N, K * bits / 32], scales/biases [N, K / group]).
 std::tuple<mx::array, mx::array, mx::array> pack_quantized(const mx::array& wq, const mx::array& scales,
                                                            const mx::array& biases, int bits, int group_size) {
-  require(wq.ndim() == 2 && wq.dtype() == mx::uint32, "wq must be MLX's uint32 [N, K * bits / 32]");
+  require(wq.ndim() == 2 && wq.dtype() == mx::uint32, kOp, "wq must be MLX's uint32 [N, K * bits / 32]");
   const int n = static_cast<int>(wq.shape(0)), k = static_cast<int>(wq.shape(1)) * 32 / bits;
-  check_shape(bits, group_size, n, k);
+  check_quantized_shape(kOp, bits, group_size, n, k);
   require(scales.ndim() == 2 && scales.shape(0) == n && scales.shape(1) == k / group_size &&
-              biases.shape() == scales.shape(), "scales/biases must be [N, K / group_size]");
+              biases.shape() == scales.shape(), kOp, "scales/biases must be [N, K / group_size]");
   auto cpu = mx::default_stream(mx::Device::cpu);
   mx::array words = mx::contiguous(wq, false, cpu), sc = cpu_float32(scales), bi = cpu_float32(biases);
   mx::eval({words, sc, bi});
@@ -463,7 +445,7 @@ class DequantizeRows : public mx::Primitive {
 
 mx::array dequantize_rows(const mx::array& packed, const mx::array& scales, const mx::array& biases,
                           const mx::array& ids, int bits, int group_size, int n, int k) {
-  check_shape(bits, group_size, n, k);
+  check_quantized_shape(kOp, bits, group_size, n, k);
   auto cpu = mx::default_stream(mx::Device::cpu);
   mx::Shape out_shape = ids.shape();
   out_shape.push_back(k);

@@ -10,8 +10,10 @@ from mlx_lm import generate
 from mlx_lm.models import llama
 from mlx_lm.models.cache import make_prompt_cache
 
+from engine import cpu_kernels
 from engine.device import on_gpu
 from engine.model_loader import DEFAULT_MODEL_ID, LoadedModel, ModelLoadError, default_model_path, load_model
+from engine.quantized_linear import EXACT, CpuPackedWeight
 from tests.token_compare import assert_tokens_match
 
 TOKENS = mx.array([[1, 17, 42, 99, 3, 250, 7, 64, 11, 300, 5, 12, 200, 8, 77, 150] * 3])
@@ -76,12 +78,20 @@ def chat_prompt(loaded: LoadedModel, question: str) -> str:
 
 
 @pytest.mark.skipif(on_gpu(), reason="the default dtype on a GPU is quantized")
-def test_default_model_is_float32_on_cpu(loaded_model: LoadedModel):
-    assert loaded_model.dtype == "float32"
-    layers = [m for _, m in loaded_model.model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
-    assert len(layers) == 30 * 7 + 1  # 7 projections per layer, tied embeddings
-    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for m in layers)
-    assert all(array.dtype == mx.float32 for _, array in tree_flatten(loaded_model.model.parameters()))
+def test_default_model_on_cpu_keeps_its_quantized_weights_on_the_kernels_else_runs_float32(loaded_model: LoadedModel):
+    modules = [m for _, m in loaded_model.model.named_modules()]
+    if cpu_kernels.kernels() is None:
+        assert loaded_model.dtype == "float32"
+        layers = [m for m in modules if isinstance(m, (nn.Linear, nn.Embedding))]
+        assert len(layers) == 30 * 7 + 1  # 7 projections per layer, tied embeddings
+        assert all(array.dtype == mx.float32 for _, array in tree_flatten(loaded_model.model.parameters()))
+    else:
+        assert loaded_model.dtype == "q4"
+        layers = [m for m in modules if isinstance(m, CpuPackedWeight)]
+        assert len(layers) == 30 * 6 + 1  # gate and up joined; the tied embedding
+        assert {m.kernel for m in layers} == {EXACT}
+        assert not any(isinstance(m, (nn.Linear, nn.Embedding)) for m in modules)
+    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for m in modules)
 
 
 def test_default_model_fields(loaded_model: LoadedModel):
@@ -235,7 +245,7 @@ def test_gguf_of_another_architecture_is_refused(tmp_path: Path, tokenizer_metad
     ("quantize", "dtype", "expected_dtype"),
     [
         (False, None, "float32"),
-        (True, "auto", "float32"),
+        (True, "auto", "float32" if cpu_kernels.kernels() is None else "q4"),
         (True, "quantized", "quantized"),
         (True, "bfloat16", "bfloat16"),
         (False, "float16", "float16"),

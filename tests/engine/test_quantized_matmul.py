@@ -1,4 +1,5 @@
-"""The CPU quantized matmul (kernels/quantized_matmul.cpp) and its layers (engine/quantized_linear.py).
+"""The int8 CPU quantized matmul (kernels/quantized_matmul.cpp), and the layers of both quantized kernels
+(engine/quantized_linear.py; the exact kernel's own numerics are in test_dequant_matmul.py).
 
 Two references: a NumPy model of exactly what the kernel computes (int8 absmax activations per row
 and group, int32 dots, float group sums), which it must match to float rounding; and the float32
@@ -16,7 +17,7 @@ import pytest
 
 from engine import cpu_kernels
 from engine.model_loader import load_model
-from engine.quantized_linear import CpuQuantizedEmbedding, CpuQuantizedLinear, quantize_for_cpu
+from engine.quantized_linear import EXACT, INT8, CpuQuantizedEmbedding, CpuQuantizedLinear, quantize_for_cpu
 from engine.runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.step_types import SeqStep
@@ -103,11 +104,11 @@ def test_env_cap_selects_generic_and_isa_variants_agree():
 def test_bias_is_added_and_leading_axes_kept():
     linear = nn.Linear(64, 40, bias=True)
     linear.weight = linear.weight.astype(mx.float32)
-    layer = CpuQuantizedLinear(*mx.quantize(linear.weight, 64, 8), 8, 64, bias=linear.bias)
+    layer = CpuQuantizedLinear(*mx.quantize(linear.weight, 64, 8), 8, 64, INT8, bias=linear.bias)
     x = mx.random.normal((2, 3, 64), key=mx.random.key(3))
     y = layer(x)
     assert y.shape == (2, 3, 40)
-    no_bias = CpuQuantizedLinear(*mx.quantize(linear.weight, 64, 8), 8, 64)(x)
+    no_bias = CpuQuantizedLinear(*mx.quantize(linear.weight, 64, 8), 8, 64, INT8)(x)
     np.testing.assert_allclose(np.asarray(y - no_bias), np.broadcast_to(np.asarray(linear.bias), y.shape), atol=1e-5)
 
 
@@ -118,7 +119,7 @@ def test_an_mlx_quantized_linear_is_repacked_not_requantized(bits):
     mx.random.seed(4)
     mlx_layer = nn.QuantizedLinear.from_linear(nn.Linear(128, 48), group_size=64, bits=bits)
     holder = nn.Sequential(mlx_layer)
-    quantize_for_cpu(holder, bits, 32)  # its own group size wins
+    quantize_for_cpu(holder, bits, 32, INT8)  # its own group size wins
     assert isinstance(holder.layers[0], CpuQuantizedLinear)
     x = mx.random.normal((5, 128), key=mx.random.key(5))
     packed = K.pack_quantized(mlx_layer.weight, mlx_layer.scales, mlx_layer.biases, bits, 64)
@@ -128,11 +129,12 @@ def test_an_mlx_quantized_linear_is_repacked_not_requantized(bits):
     assert np.abs(np.asarray(holder(x)) - mlx_output).max() < 3e-2 * np.abs(mlx_output).max()
 
 
+@pytest.mark.parametrize("kernel", [EXACT, INT8], ids=["exact", "int8"])
 @pytest.mark.parametrize("bits", [8, 4])
-def test_embedding_lookups_dequantize_rows(bits):
+def test_embedding_lookups_dequantize_rows(bits, kernel):
     embedding = nn.Embedding(50, 64)
     wq, scales, biases = mx.quantize(embedding.weight, 32, bits)
-    layer = CpuQuantizedEmbedding(wq, scales, biases, bits, 32)
+    layer = CpuQuantizedEmbedding(wq, scales, biases, bits, 32, kernel)
     ids = mx.array([[0, 49, 7], [3, 3, 16]])
     expected = mx.dequantize(wq, scales, biases, 32, bits)[ids]
     np.testing.assert_array_equal(np.asarray(layer(ids)), np.asarray(expected))
@@ -149,11 +151,12 @@ def greedy(model: nn.Module, prompt: list[int], steps: int) -> tuple[list[int], 
     return tokens[len(prompt) :], tops
 
 
+@pytest.mark.parametrize("kernel", [EXACT, INT8], ids=["exact", "int8"])
 @pytest.mark.parametrize("bits", [8, 4])
-def test_tiny_model_greedy_matches_mlx_quantized(bits):
+def test_tiny_model_greedy_matches_mlx_quantized(bits, kernel):
     mlx_model, cpu_model = tiny_llama(), tiny_llama()
     nn.quantize(mlx_model, group_size=32, bits=bits)
-    quantize_for_cpu(cpu_model, bits, 32)
+    quantize_for_cpu(cpu_model, bits, 32, kernel)
     assert isinstance(cpu_model.model.embed_tokens, CpuQuantizedEmbedding)
     prompt = [5, 17, 42, 8, 99, 3]
     ours, our_tops = greedy(cpu_model, prompt, 16)
@@ -161,11 +164,12 @@ def test_tiny_model_greedy_matches_mlx_quantized(bits):
     assert_tokens_match(ours, theirs, our_tops, their_tops)
 
 
-@pytest.mark.parametrize("dtype", ["q8", "q4"])
-def test_the_default_model_on_the_kernels_answers(dtype):
-    """`--dtype q8/q4` end to end: the loader swaps in the kernel layers and the runner answers."""
+@pytest.mark.parametrize("dtype, named", [("q8", "q4"), ("q4", "q4"), ("q8-int8", "q4-int8"), ("q4-int8", "q4-int8")])
+def test_the_default_model_on_the_kernels_answers(dtype, named):
+    """`--dtype q8/q4[-int8]` end to end: the loader swaps in the kernel layers and the runner answers. The
+    GGUF's layers are 4-bit: q8 keeps them so (and its 8-bit embedding), q4 requantizes the embedding."""
     loaded = load_model(None, dtype)
-    assert loaded.dtype == dtype
+    assert loaded.dtype == named
     assert any(isinstance(m, CpuQuantizedLinear) for m in loaded.model.modules())
     runner = ModelRunner(loaded, num_blocks=8, block_size=16)
     prompt = chat_ids(loaded, "What is the capital of France?")
