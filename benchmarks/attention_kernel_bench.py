@@ -3,7 +3,7 @@ pure-MLX tile read (engine/paged_attention.py), for SmolLM2-135M's shapes (9 hea
 head_dim 64, float32). Decode batches at several contexts and a 512-token prefill chunk.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \
-        .venv/bin/python -m benchmarks.attention_kernel_bench [--isa generic|avx512] [--repeats N]
+        .venv/bin/python -m benchmarks.attention_kernel_bench [--isa generic|avx2|avx512] [--repeats N]
 """
 
 import argparse
@@ -13,7 +13,7 @@ import time
 import mlx.core as mx
 
 from engine import cpu_kernels
-from engine.attention_reads import plan_read
+from engine.attention_reads import force_read, plan_read
 from engine.fused_attention import fused_attention, plan_fused
 from engine.kv_pool import KVPool
 from engine.paged_attention import paged_attention
@@ -55,7 +55,9 @@ def run(repeats: int, isa: str) -> None:
     scale = DIM**-0.5
     for kind, batch, context in CASES:
         pool, layout, queries = case_inputs(kind, batch, context)
+        force_read("tiles")
         layout.plan = plan_read(layout, pool)
+        force_read(None)
         tiles = PagedCache(pool, 0, layout)
         tiles_ms = median_ms(lambda: paged_attention(queries, tiles, scale), repeats)
         fused_layout = build_layout(layout.block_tables, layout.start_positions, layout.q_len, BLOCK)
@@ -75,7 +77,7 @@ def run(repeats: int, isa: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--isa", default="", choices=["", "generic", "avx512"])
+    parser.add_argument("--isa", default="", choices=["", "generic", "avx2", "avx512"])
     args = parser.parse_args()
     if cpu_kernels.kernels() is None:
         raise SystemExit("the CPU kernels are not built here")

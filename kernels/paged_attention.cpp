@@ -39,7 +39,7 @@ constexpr int kQueryTile = 6;   // queries per microkernel call: 24 accumulators
 constexpr int kTaskQueries = 96;  // target queries per task in prefill (bounds its state to L2)
 constexpr int kMinPartKeys = 512;  // a task split over its keys reads at least this many per part
 
-enum class Isa { generic, avx512 };
+enum class Isa { generic, avx2, avx512 };
 
 // The plan (engine/fused_attention.py): segments are (slot, position, length) int32 triples.
 struct Plan {
@@ -61,9 +61,11 @@ struct Dims {
 // Each variant's steps for a tile of nq queries and a chunk of n keys: transpose the chunk's keys;
 // scores s[i][k] = q[i] . kt[:, k]; the online-softmax step of each query over its first valid[i]
 // keys (s becomes the weights, acc rows are rescaled); then acc[i] += sum_k s[i][k] v[k].
-// The generic variant is portable C++ whose inner loops (over keys, or dims) the compiler vectorizes.
+// The generic variant is portable C++ whose inner loops (over keys, or dims) the compiler vectorizes;
+// inlined into Avx2Kernels' entry points, the same loops are vectorized for AVX2.
+#define INLINE __attribute__((always_inline)) inline
 struct GenericKernels {
-  static void scores(const float* q, int nq, const float* kt, int dim, float* s) {
+  INLINE static void scores(const float* q, int nq, const float* kt, int dim, float* s) {
     for (int i = 0; i < nq; ++i) {
       float* __restrict row = s + i * kKeyBlock;
       std::fill(row, row + kKeyBlock, 0.0f);
@@ -74,7 +76,7 @@ struct GenericKernels {
       }
     }
   }
-  static void softmax_step(float* s, int nq, const int* valid, float* m, float* l, float* acc, int dim) {
+  INLINE static void softmax_step(float* s, int nq, const int* valid, float* m, float* l, float* acc, int dim) {
     for (int i = 0; i < nq; ++i) {
       float* __restrict row = s + i * kKeyBlock;
       const int n = valid[i];
@@ -93,11 +95,11 @@ struct GenericKernels {
     }
   }
   // kt[d][k] = k[k][d] for the chunk's n keys; columns past n keep stale values (masked).
-  static void transpose(const float* k, int n, int dim, float* kt) {
+  INLINE static void transpose(const float* k, int n, int dim, float* kt) {
     for (int j = 0; j < n; ++j)
       for (int d = 0; d < dim; ++d) kt[d * kKeyBlock + j] = k[j * dim + d];
   }
-  static void pv(const float* p, int nq, const float* v, int n, int dim, float* acc) {
+  INLINE static void pv(const float* p, int nq, const float* v, int n, int dim, float* acc) {
     for (int i = 0; i < nq; ++i) {
       float* __restrict out = acc + i * dim;
       for (int k = 0; k < n; ++k) {
@@ -110,6 +112,20 @@ struct GenericKernels {
 };
 
 #if defined(__x86_64__)
+#define AVX2 __attribute__((target("avx2,fma")))
+struct Avx2Kernels {
+  AVX2 static void scores(const float* q, int nq, const float* kt, int dim, float* s) {
+    GenericKernels::scores(q, nq, kt, dim, s);
+  }
+  AVX2 static void softmax_step(float* s, int nq, const int* valid, float* m, float* l, float* acc, int dim) {
+    GenericKernels::softmax_step(s, nq, valid, m, l, acc, dim);
+  }
+  AVX2 static void transpose(const float* k, int n, int dim, float* kt) { GenericKernels::transpose(k, n, dim, kt); }
+  AVX2 static void pv(const float* p, int nq, const float* v, int n, int dim, float* acc) {
+    GenericKernels::pv(p, nq, v, n, dim, acc);
+  }
+};
+
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
 struct Avx512Kernels {
@@ -475,14 +491,15 @@ void run_tasks(const mx::array& queries, const float* keys, const float* values,
 }
 
 Isa choose_isa(const std::string& requested, int dim) {
-  bool avx512_ok = cpu_features().avx512 && dim % 16 == 0;  // never true off x86-64
+  const bool avx512_ok = cpu_features().avx512 && dim % 16 == 0, avx2_ok = cpu_features().avx2;  // false off x86-64
   if (requested == "generic") return Isa::generic;
-  if (requested == "avx512") {
-    if (!avx512_ok) throw std::invalid_argument("paged_attention: the avx512 variant is not available here");
-    return Isa::avx512;
+  if (requested == "avx2" || requested == "avx512") {
+    if (!(requested == "avx2" ? avx2_ok : avx512_ok))
+      throw std::invalid_argument("paged_attention: the " + requested + " variant is not available here");
+    return requested == "avx2" ? Isa::avx2 : Isa::avx512;
   }
-  if (!requested.empty()) throw std::invalid_argument("paged_attention: isa must be '', 'generic' or 'avx512'");
-  return avx512_ok ? Isa::avx512 : Isa::generic;
+  if (!requested.empty()) throw std::invalid_argument("paged_attention: isa must be '', 'generic', 'avx2' or 'avx512'");
+  return avx512_ok ? Isa::avx512 : avx2_ok ? Isa::avx2 : Isa::generic;
 }
 
 class PagedAttention : public mx::Primitive {
@@ -504,6 +521,7 @@ class PagedAttention : public mx::Primitive {
       float* o = out.data<float>();
 #if defined(__x86_64__)
       if (isa == Isa::avx512) return run_tasks<Avx512Kernels>(inputs[0], keys, values, plan, dims, o);
+      if (isa == Isa::avx2) return run_tasks<Avx2Kernels>(inputs[0], keys, values, plan, dims, o);
 #endif
       run_tasks<GenericKernels>(inputs[0], keys, values, plan, dims, o);
     });
@@ -564,7 +582,7 @@ void register_paged_attention(nb::module_& m) {
         nb::arg("isa") = "",
         "Attention of queries [B, n_heads, L, D] over each row's context in the pool keys/values "
         "[kv_heads, slots, D] by the plan's segments (slot, position, length), causal within the new "
-        "tokens, cascades over the groups' shared prefixes. isa: '' (best here), 'generic', 'avx512'.");
+        "tokens, cascades over the groups' shared prefixes. isa: '' (best here), 'generic', 'avx2', 'avx512'.");
 }
 
 }  // namespace pagedmlx
