@@ -87,11 +87,8 @@ class Engines:
 def pure_mlx(run: Callable[[int], float]) -> Callable[[int], float]:
     """`run` with the CPU kernels turned off."""
     def timer(n: int) -> float:
-        cpu_kernels.set_enabled(False)
-        try:
+        with cpu_kernels.disabled():
             return run(n)
-        finally:
-            cpu_kernels.set_enabled(True)
     return timer
 
 
@@ -224,9 +221,8 @@ def main() -> None:
     # Many short repeats: their median shrugs off the other processes' bursts on this shared machine.
     num_steps, repeats = (2, 3) if args.quick else (2, 5)
 
-    cpu_kernels.set_enabled(False)  # the pure-MLX model keeps MLX's own layers
-    pure = load_model(args.model, "float32")
-    cpu_kernels.set_enabled(True)
+    with cpu_kernels.disabled():
+        pure = load_model(args.model, "float32")
     engines = Engines(load_model(args.model), pure)
     print(f"{engines.kernels.model_id}: ours {engines.kernels.dtype} with {cpu_kernels.describe()}, "
           f"pure MLX and dense float32; {active_blas()}, MLX {mx.__version__}, "

@@ -60,10 +60,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=24)
     args = parser.parse_args()
-    cpu_kernels.set_enabled(False)
-    reference = load_model(dtype="float32")
-    reference_ppl, references = _pure_mlx_reference(reference, TEXT.read_text(), args)
-    cpu_kernels.set_enabled(True)
+    with cpu_kernels.disabled():
+        reference = load_model(dtype="float32")
+        reference_ppl, references = _pure_mlx_reference(reference, TEXT.read_text(), args)
     models = {dtype: load_model(dtype=dtype) for dtype in DTYPES}
     tokens = reference.tokenizer.encode(TEXT.read_text())[: args.tokens]
     print(f"# perplexity over {len(tokens)} tokens of {TEXT.name}")

@@ -62,9 +62,11 @@ def write_mlx_lm_model() -> Path:
         return MLX_LM_MODEL_DIR
     from mlx_lm.utils import save_config, save_model
 
+    from engine import cpu_kernels
     from engine.model_loader import load_model
 
-    loaded = load_model(dtype="float32")
+    with cpu_kernels.disabled():  # MLX's own layers, which mlx-lm can load back
+        loaded = load_model(dtype="float32")
     staging = MLX_LM_MODEL_DIR.with_name(MLX_LM_MODEL_DIR.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
     save_model(staging, loaded.model)

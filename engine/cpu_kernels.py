@@ -5,6 +5,8 @@ extension could not be built, or `--cpu-kernels off` turns it off, the pure-MLX 
 startup log says which (`describe()`). GPUs always keep MLX's own kernels.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 from engine.device import on_gpu
@@ -23,6 +25,17 @@ def set_enabled(enabled: bool) -> None:
     """Turn the kernels off (`--cpu-kernels off`, tests of the fallback) or back on."""
     global _enabled
     _enabled = enabled
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """The pure-MLX path inside the block: a model loaded there keeps MLX's own layers."""
+    was = _enabled
+    set_enabled(False)
+    try:
+        yield
+    finally:
+        set_enabled(was)
 
 
 def kernels() -> ModuleType | None:

@@ -3,7 +3,7 @@
 MLX's CPU runs these elementwise ops one scalar at a time, on one core: in a decode step at batch 16
 of the default model, silu(gate) * up alone cost more than the attention. `install_cpu_layers` swaps
 in layers that call the vectorized kernels, and fuses each SwiGLU MLP's gate and up projections into
-one matmul. Each layer falls back to MLX's own ops when the kernels are off (`cpu_kernels.set_enabled`).
+one matmul. Each layer falls back to MLX's own ops when the kernels are off (`cpu_kernels.disabled()`).
 """
 
 import importlib

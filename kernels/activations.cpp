@@ -10,39 +10,16 @@
 // log(base) / (dims / 2)), positions are float(l) + float(offset) times scale, theta = position *
 // inv_freq in float32, sin/cos by the Cephes polynomials MLX's CPU backend uses
 // (mlx/backend/cpu/simd/math.h), then x1 * cos - x2 * sin and x1 * sin + x2 * cos.
-#include "kernels.h"
+#include "kernel_common.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <stdexcept>
-#include <string>
 #include <utility>
 #include <variant>
-#include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-#include "cpu_encoder.h"
-#include "cpu_features.h"
-#include "kernel_args.h"
-#include "mlx/backend/cpu/encoder.h"
-#include "mlx/ops.h"
-#include "mlx/primitives.h"
-#include "mlx/transforms.h"
 #include "simd_math.h"
-#include "thread_pool.h"
-#include <nanobind/nanobind.h>
-#include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
-
-namespace mx = mlx::core;
-namespace nb = nanobind;
 
 namespace pagedmlx {
 namespace {

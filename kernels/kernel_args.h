@@ -2,7 +2,6 @@
 // std::invalid_argument, which nanobind raises as ValueError.
 #pragma once
 
-#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -25,12 +24,6 @@ inline void check_quantized_shape(const char* op, int bits, int group_size, int 
   require(bits == 8 || bits == 4, op, "bits must be 8 or 4");
   require(group_size == 32 || group_size == 64 || group_size == 128, op, "group_size must be 32, 64 or 128");
   require(n > 0 && k > 0 && k % group_size == 0, op, "K must be a positive multiple of group_size");
-}
-
-// q of weight row `row`, column k, from MLX's uint32 words (element k at bit k * bits).
-inline int mlx_q(const uint32_t* words, int words_per_row, int row, int k, int bits) {
-  const int bit = k * bits;
-  return (words[static_cast<size_t>(row) * words_per_row + bit / 32] >> (bit % 32)) & ((1 << bits) - 1);
 }
 
 }  // namespace pagedmlx

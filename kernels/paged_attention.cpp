@@ -3,33 +3,12 @@
 // partials is ever materialized. Work is split over (cascade group, kv head, block of query
 // positions); a group's queries (all its rows x the kv head's query heads x the block's positions)
 // share each key/value chunk read: first the group's shared prefix, then each row's own segments.
-#include "kernels.h"
+#include "kernel_common.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <limits>
-#include <stdexcept>
-#include <string>
-#include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-#include "cpu_encoder.h"
-#include "cpu_features.h"
-#include "mlx/backend/cpu/encoder.h"
-#include "mlx/ops.h"
-#include "mlx/primitives.h"
 #include "simd_math.h"
-#include "thread_pool.h"
-#include <nanobind/nanobind.h>
-#include <nanobind/stl/string.h>
-
-namespace mx = mlx::core;
-namespace nb = nanobind;
 
 namespace pagedmlx {
 namespace {

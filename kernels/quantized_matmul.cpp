@@ -6,36 +6,14 @@
 //   float(sum_k q_w q_x) * scale_w * scale_x + bias_w * sum_k x
 // to the float accumulator. Work is split over blocks of panels, so a block's weights stay in cache
 // across all row tiles.
-#include "kernels.h"
+#include "kernel_common.h"
+#include "quantized_packing.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <optional>
-#include <stdexcept>
-#include <string>
-#include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-#include "cpu_encoder.h"
-#include "cpu_features.h"
-#include "kernel_args.h"
-#include "mlx/backend/cpu/encoder.h"
-#include "mlx/ops.h"
-#include "mlx/primitives.h"
-#include "mlx/transforms.h"
-#include "thread_pool.h"
-#include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
-#include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
-
-namespace mx = mlx::core;
-namespace nb = nanobind;
 
 namespace pagedmlx {
 namespace {
@@ -345,115 +323,36 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& packed, const mx
                            const mx::array& biases, int bits, int group_size, int n, int k,
                            const std::optional<mx::array>& bias, const std::string& isa) {
   check_quantized_shape(kOp, bits, group_size, n, k);
-  require(x.ndim() >= 1 && x.shape(-1) == k, kOp, "x's last axis must be K");
-  Shape2 shape{0, n, k, bits, group_size};
-  require(packed.dtype() == mx::uint8 && packed.size() == static_cast<size_t>(shape.panels()) * shape.panel_bytes(), kOp,
-          "packed must be pack_quantized's uint8 array for this N, K and bits");
-  const size_t scale_count = static_cast<size_t>(shape.panels()) * shape.groups() * kPanel;
-  require(scales.size() == scale_count && biases.size() == scale_count, kOp, "scales/biases must come from pack_quantized");
+  const Shape2 shape{0, n, k, bits, group_size};
+  check_packed(kOp, "pack_quantized", packed, scales, biases, static_cast<size_t>(shape.panels()) * shape.panel_bytes(),
+               static_cast<size_t>(shape.panels()) * shape.groups() * kPanel);
+  auto in = packed_matmul_inputs(kOp, x, packed, scales, biases, n, k, bias);
   auto cpu = mx::default_stream(mx::Device::cpu);
-  mx::Shape out_shape = x.shape();
-  out_shape.back() = n;
-  std::vector<mx::array> inputs = {mx::reshape(cpu_float32(x), {-1, k}, cpu), packed, cpu_float32(scales),
-                                   cpu_float32(biases)};
-  if (bias) {
-    require(bias->size() == static_cast<size_t>(n), kOp, "bias must have N entries");
-    inputs.push_back(cpu_float32(*bias));
-  }
-  const int m = static_cast<int>(inputs[0].shape(0));
-  auto y = mx::array({m, n}, mx::float32,
+  auto y = mx::array({in.m, n}, mx::float32,
                      std::make_shared<QuantizedMatmul>(cpu, shape, choose_isa(isa), bias.has_value()),
-                     std::move(inputs));
-  return mx::reshape(y, out_shape, cpu);
+                     std::move(in.arrays));
+  return mx::reshape(y, in.y_shape, cpu);
 }
 
-// Repacks MLX's quantize output (wq uint32 [N, K * bits / 32], scales/biases [N, K / group]).
+// Repacks MLX's quantize output for quantized_matmul (layout at the top of this file).
 std::tuple<mx::array, mx::array, mx::array> pack_quantized(const mx::array& wq, const mx::array& scales,
                                                            const mx::array& biases, int bits, int group_size) {
-  require(wq.ndim() == 2 && wq.dtype() == mx::uint32, kOp, "wq must be MLX's uint32 [N, K * bits / 32]");
-  const int n = static_cast<int>(wq.shape(0)), k = static_cast<int>(wq.shape(1)) * 32 / bits;
-  check_quantized_shape(kOp, bits, group_size, n, k);
-  require(scales.ndim() == 2 && scales.shape(0) == n && scales.shape(1) == k / group_size &&
-              biases.shape() == scales.shape(), kOp, "scales/biases must be [N, K / group_size]");
-  auto cpu = mx::default_stream(mx::Device::cpu);
-  mx::array words = mx::contiguous(wq, false, cpu), sc = cpu_float32(scales), bi = cpu_float32(biases);
-  mx::eval({words, sc, bi});
-  const Shape2 s{0, n, k, bits, group_size};
-  const int panels = s.panels(), groups = s.groups(), words_per_row = k * bits / 32;
-  std::vector<uint8_t> packed(static_cast<size_t>(panels) * s.panel_bytes(), 0);
-  std::vector<float> packed_scales(static_cast<size_t>(panels) * groups * kPanel, 0.0f);
-  std::vector<float> packed_biases(packed_scales.size(), 0.0f);
-  const uint32_t* w = words.data<uint32_t>();
-  for (int row = 0; row < n; ++row) {
-    const int p = row / kPanel, c = row % kPanel;
-    uint8_t* panel = packed.data() + static_cast<size_t>(p) * s.panel_bytes();
-    for (int kk = 0; kk < k; ++kk) {
-      const int q = mlx_q(w, words_per_row, row, kk, bits);
-      if (bits == 8)
-        panel[(kk / 4) * kPanel * 4 + c * 4 + kk % 4] = static_cast<uint8_t>(q);
-      else
-        panel[(kk / 8) * kPanel * 4 + c * 4 + kk % 4] |= static_cast<uint8_t>(q << (kk % 8 >= 4 ? 4 : 0));
-    }
-    for (int g = 0; g < groups; ++g) {
-      packed_scales[(static_cast<size_t>(p) * groups + g) * kPanel + c] = sc.data<float>()[row * groups + g];
-      packed_biases[(static_cast<size_t>(p) * groups + g) * kPanel + c] = bi.data<float>()[row * groups + g];
-    }
-  }
-  const int scale_rows = panels * groups;
-  return {mx::array(packed.data(), {static_cast<int>(packed.size())}, mx::uint8),
-          mx::array(packed_scales.data(), {scale_rows, kPanel}, mx::float32),
-          mx::array(packed_biases.data(), {scale_rows, kPanel}, mx::float32)};
+  return pack_panels(kOp, wq, scales, biases, bits, group_size, kPanel, [&](uint8_t* panel, int c, int kk, int q) {
+    if (bits == 8)
+      panel[(kk / 4) * kPanel * 4 + c * 4 + kk % 4] = static_cast<uint8_t>(q);
+    else
+      panel[(kk / 8) * kPanel * 4 + c * 4 + kk % 4] |= static_cast<uint8_t>(q << (kk % 8 >= 4 ? 4 : 0));
+  });
 }
-
-// Rows `ids` of the packed weights, dequantized: the lookups of a quantized (tied) embedding.
-class DequantizeRows : public mx::Primitive {
- public:
-  DequantizeRows(mx::Stream stream, Shape2 shape) : mx::Primitive(stream), shape_(shape) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto& out = outputs[0];
-    auto& encoder = cpu_encoder_for(stream(), inputs, out);
-    encoder.dispatch([inputs, out, s = shape_]() mutable {
-      const uint8_t* w = inputs[0].data<uint8_t>();
-      const float* sc = inputs[1].data<float>();
-      const float* bi = inputs[2].data<float>();
-      const int32_t* ids = inputs[3].data<int32_t>();
-      float* y = out.data<float>();
-      const int groups = s.groups();
-      for (size_t i = 0; i < inputs[3].size(); ++i) {
-        const int row = std::clamp(ids[i], 0, s.n - 1), p = row / kPanel, c = row % kPanel;
-        const uint8_t* panel = w + static_cast<size_t>(p) * s.panel_bytes();
-        for (int k = 0; k < s.k; ++k) {
-          int q = s.bits == 8 ? panel[(k / 4) * kPanel * 4 + c * 4 + k % 4]
-                              : (panel[(k / 8) * kPanel * 4 + c * 4 + k % 4] >> (k % 8 >= 4 ? 4 : 0)) & 15;
-          const size_t at = (static_cast<size_t>(p) * groups + k / s.group) * kPanel + c;
-          y[i * s.k + k] = sc[at] * static_cast<float>(q) + bi[at];
-        }
-      }
-    });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("dequantize_rows runs on the CPU only");
-  }
-
-  const char* name() const override { return "PagedmlxDequantizeRows"; }
-
- private:
-  Shape2 shape_;
-};
 
 mx::array dequantize_rows(const mx::array& packed, const mx::array& scales, const mx::array& biases,
                           const mx::array& ids, int bits, int group_size, int n, int k) {
   check_quantized_shape(kOp, bits, group_size, n, k);
-  auto cpu = mx::default_stream(mx::Device::cpu);
-  mx::Shape out_shape = ids.shape();
-  out_shape.push_back(k);
-  mx::array flat_ids = mx::contiguous(mx::reshape(mx::astype(ids, mx::int32, cpu), {-1}, cpu), false, cpu);
-  const int count = static_cast<int>(flat_ids.size());
-  auto rows = mx::array({count, k}, mx::float32, std::make_shared<DequantizeRows>(cpu, Shape2{0, n, k, bits, group_size}),
-                        {packed, cpu_float32(scales), cpu_float32(biases), flat_ids});
-  return mx::reshape(rows, out_shape, cpu);
+  return packed_rows("dequantize_rows", packed, scales, biases, ids, bits, group_size, n, k, kPanel,
+                     [bits](const uint8_t* panel, int c, int kk) {
+                       return bits == 8 ? panel[(kk / 4) * kPanel * 4 + c * 4 + kk % 4]
+                                        : (panel[(kk / 8) * kPanel * 4 + c * 4 + kk % 4] >> (kk % 8 >= 4 ? 4 : 0)) & 15;
+                     });
 }
 
 }  // namespace

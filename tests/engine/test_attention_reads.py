@@ -24,11 +24,8 @@ def test_a_gpu_reads_by_gathering(monkeypatch):
 def test_a_cpu_reads_by_the_kernel_when_built_else_by_tiles():
     expected = "fused" if cpu_kernels.kernels() is not None else "tiles"
     assert attention_reads.read_for(small_pool()) == expected
-    cpu_kernels.set_enabled(False)
-    try:
+    with cpu_kernels.disabled():
         assert attention_reads.read_for(small_pool()) == "tiles"
-    finally:
-        cpu_kernels.set_enabled(True)
 
 
 def test_the_kernel_leaves_pools_it_does_not_read_to_the_tiles():

@@ -21,12 +21,9 @@ def test_the_extension_was_built_and_loads():
 
 @pytest.mark.skipif(not BUILT_HERE, reason="needs the extension")
 def test_turning_the_kernels_off_selects_pure_mlx():
-    cpu_kernels.set_enabled(False)
-    try:
+    with cpu_kernels.disabled():
         assert cpu_kernels.kernels() is None
         assert cpu_kernels.describe() == "pure MLX (CPU kernels turned off)"
-    finally:
-        cpu_kernels.set_enabled(True)
     assert cpu_kernels.kernels() is not None
 
 

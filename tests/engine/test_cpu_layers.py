@@ -28,11 +28,8 @@ def test_the_swapped_model_computes_what_mlx_s_modules_do(make):
     assert not {CpuRMSNorm, CpuRoPE, CpuSwiGLU} & kinds(theirs)
     expected = np.asarray(theirs(PROMPT))
     np.testing.assert_allclose(np.asarray(ours(PROMPT)), expected, rtol=1e-5, atol=1e-5)
-    cpu_kernels.set_enabled(False)
-    try:  # the fallback: MLX's ops inside the swapped modules
+    with cpu_kernels.disabled():  # the fallback: MLX's ops inside the swapped modules
         np.testing.assert_allclose(np.asarray(ours(PROMPT)), expected, rtol=1e-5, atol=1e-5)
-    finally:
-        cpu_kernels.set_enabled(True)
 
 
 def test_quantized_gate_and_up_fuse_into_one_exact_layer():
