@@ -92,14 +92,16 @@ def pure_mlx(run: Callable[[int], float]) -> Callable[[int], float]:
     return timer
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, sweep: bool) -> list[Case]:
     """The serving sweep's concurrencies at a short context (the raw ceiling the servers are compared with),
-    then batch 1 / 16 / 32 at 2k and 8k of context (32 x 8k would not fit here), and 16 rows sharing
-    a 2k prefix."""
+    then (unless `sweep`) batch 1 / 16 / 32 at 2k and 8k of context (32 x 8k would not fit here), and 16
+    rows sharing a 2k prefix."""
     if quick:
         return [Case(batch, 256) for batch in (1, 4, 16)]
-    return ([Case(batch, 256) for batch in (1, 4, 16, 32)]
-            + [Case(batch, 2048) for batch in (1, 16, 32)] + [Case(16, 2048, shared_prefix=True)]
+    short = [Case(batch, 256) for batch in (1, 4, 16, 32)]
+    if sweep:
+        return short
+    return (short + [Case(batch, 2048) for batch in (1, 16, 32)] + [Case(16, 2048, shared_prefix=True)]
             + [Case(batch, 8192) for batch in (1, 16)])
 
 
@@ -216,6 +218,8 @@ def print_row(result: Result) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases and timed steps")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only the serving sweep's batches at 256 tokens, no prefill (make bench's run)")
     parser.add_argument("--model", default=None, help="model spec (default: the bundled SmolLM2)")
     args = parser.parse_args()
     # Many short repeats: their median shrugs off the other processes' bursts on this shared machine.
@@ -228,10 +232,10 @@ def main() -> None:
           f"pure MLX and dense float32; {active_blas()}, MLX {mx.__version__}, "
           f"{num_steps} decode steps x {repeats} repeats (median), tok/s:", flush=True)
     results = []
-    for case in cases(args.quick):
+    for case in cases(args.quick, args.sweep):
         results.append(bench_case(engines, case, num_steps, repeats))
         print_row(results[-1])
-    prefill = bench_prefill(engines, repeats) if not args.quick else None
+    prefill = bench_prefill(engines, repeats) if not (args.quick or args.sweep) else None
     if prefill:
         print(f"prefill chunk of {prefill.chunk} ending at {prefill.context}: kernels {prefill.kernels_s:.2f} s,"
               f" pure MLX {prefill.pure_mlx_s:.2f} s ({prefill.kernel_speedup:.2f}x)", flush=True)

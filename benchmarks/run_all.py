@@ -24,13 +24,14 @@ from benchmarks import plot
 from benchmarks.summary import RESULTS_DIR, SUMMARY_MD, write_summary
 from engine.blas import active_blas, ensure_blas_preloaded
 
-# (module, time limit in seconds of the full run, of the --quick run: None skips it there)
-# The limits add up to under 15 minutes (full) and 3 minutes (quick).
+# (module, time limit in seconds of the full run, of the --quick run: None skips it there, arguments of the
+# full run). The limits add up to under 15 minutes (full) and 3 minutes (quick). The engine bench's long
+# contexts take minutes of their own: `python -m benchmarks.engine_bench` runs them (README, CPU kernels).
 BENCHMARKS = (
-    ("benchmarks.engine_bench", 120, 25),
-    ("benchmarks.serving_bench", 560, 140),
-    ("benchmarks.scheduler_bench", 150, None),
-    ("benchmarks.prefix_cache_bench", 40, 10),
+    ("benchmarks.engine_bench", 120, 25, ["--sweep"]),
+    ("benchmarks.serving_bench", 560, 140, []),
+    ("benchmarks.scheduler_bench", 150, None, []),
+    ("benchmarks.prefix_cache_bench", 40, 10, []),
 )
 STOP_GRACE_S = 20
 
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     quick = ["--quick"] if args.quick else []
     peers = [argument for url in args.peer for argument in ("--peer", url)]
     notes = [run_benchmark(module, quick_limit_s if args.quick else limit_s,
-                           quick + (peers if module == "benchmarks.serving_bench" else []))
-             for module, limit_s, quick_limit_s in BENCHMARKS]
+                           (quick or full_arguments) + (peers if module == "benchmarks.serving_bench" else []))
+             for module, limit_s, quick_limit_s, full_arguments in BENCHMARKS]
     notes.append(f"total {time.perf_counter() - start:.0f} s")
     for note in notes:
         print(note, flush=True)
