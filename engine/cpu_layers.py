@@ -6,6 +6,7 @@ in layers that call the vectorized kernels, and fuses each SwiGLU MLP's gate and
 one matmul. Each layer falls back to MLX's own ops when the kernels are off (`cpu_kernels.disabled()`).
 """
 
+import functools
 import importlib
 
 import mlx.core as mx
@@ -75,6 +76,7 @@ def _replacement(module: nn.Module) -> nn.Module | None:
     return _fused_mlp(module)
 
 
+@functools.cache
 def _swiglu_classes() -> tuple[type, ...]:
     classes = []
     for family in _SWIGLU_FAMILIES:

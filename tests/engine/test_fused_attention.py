@@ -20,7 +20,7 @@ if cpu_kernels.kernels() is None:
     pytest.skip("the CPU kernels are not built here", allow_module_level=True)
 
 from engine.fused_attention import fused_attention, plan_fused, supports  # noqa: E402
-from tests.engine.test_paged_attention import dense_logits, random_tokens  # noqa: E402
+from tests.engine.test_paged_attention import block_tables, dense_logits, random_tokens  # noqa: E402
 from tests.engine.tiny_models import tiny_llama  # noqa: E402
 
 NUM_BLOCKS = 96
@@ -37,15 +37,7 @@ def make_pool(kv_heads: int, dim: int, block_size: int, seed: int = 0) -> KVPool
 
 
 def tables_for(lengths: list[int], block_size: int, shuffled: bool, first: int = 0, seed: int = 0) -> list[list[int]]:
-    blocks = list(range(first, NUM_BLOCKS))
-    if shuffled:
-        random.Random(seed).shuffle(blocks)
-    tables = []
-    for n in lengths:
-        count = -(-n // block_size)
-        tables.append(blocks[:count])
-        blocks = blocks[count:]
-    return tables
+    return block_tables(lengths, shuffled, seed, taken=tuple(range(first)), block_size=block_size, num_blocks=NUM_BLOCKS)
 
 
 def dense_reference(queries, pool: KVPool, tables, starts, scale: float) -> np.ndarray:

@@ -27,6 +27,8 @@ from tests.engine.test_paged_attention import (
     dense_logits,
     new_pool,
     prefill,
+    prefill_all_but_last,
+    ragged_decode_rows,
     random_tokens,
 )
 
@@ -69,14 +71,8 @@ def assert_rows_match_dense(model, logits, sequences, new: int) -> None:
 
 @pytest.mark.parametrize("shuffled", [False, True], ids=["contiguous", "shuffled"])
 def test_ragged_decode_rows_match_dense(model, shuffled):
-    rng = random.Random(1)
-    sequences = [random_tokens(n, rng) for n in (6, 17, 33, 41)]
-    tables = block_tables([len(s) for s in sequences], shuffled)
-    pool = new_pool(model)
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-1])
+    sequences, tables, pool, starts = ragged_decode_rows(model, shuffled)
 
-    starts = [len(s) - 1 for s in sequences]
     logits, layout = gather_forward(model, pool, tables, starts, [s[-1:] for s in sequences])
 
     assert layout.plan.slots.shape == (4, 41)
@@ -90,8 +86,7 @@ def test_decode_rows_of_equal_length_need_no_mask(model):
     sequences = [random_tokens(19, rng) for _ in range(3)]
     tables = block_tables([19] * 3, shuffled=True, seed=2)
     pool = new_pool(model)
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-1])
+    prefill_all_but_last(model, pool, tables, sequences)
 
     logits, layout = gather_forward(model, pool, tables, [18] * 3, [s[-1:] for s in sequences])
 
@@ -139,8 +134,7 @@ def test_rows_holding_the_pools_last_block_match_dense(model):
     sequences = [random_tokens(7, rng), random_tokens(3, rng)]
     pool = new_pool(model, num_blocks=8)
     tables = [[7, 6], [1]]  # the pool's last block first
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-1])
+    prefill_all_but_last(model, pool, tables, sequences)
 
     logits, layout = gather_forward(model, pool, tables, [6, 2], [s[-1:] for s in sequences])
 
@@ -263,8 +257,7 @@ def test_plan_is_made_once_per_forward_and_shared_by_every_layer(model, monkeypa
     sequences = [random_tokens(n, rng) for n in (5, 12)]
     tables = block_tables([len(s) for s in sequences], shuffled=True, seed=9)
     pool = new_pool(model)
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-1])
+    prefill_all_but_last(model, pool, tables, sequences)
     layout = build_layout(tables, [4, 11], 1, BLOCK)
     layout.plan = plan_gather(layout, pool)
     caches = make_caches(pool, layout)

@@ -71,6 +71,22 @@ def prefill(model, pool, table, tokens, start: int = 0, chunk: int = 5) -> None:
         paged_forward(model, pool, [table], [begin], [tokens[begin : begin + chunk]])
 
 
+def prefill_all_but_last(model, pool, tables, sequences) -> None:
+    """Each sequence's tokens but its last into the pool: the state before a decode row."""
+    for table, tokens in zip(tables, sequences):
+        prefill(model, pool, table, tokens[:-1])
+
+
+def ragged_decode_rows(model, shuffled: bool):
+    """Four sequences of 6 to 41 tokens prefilled but for their last token: (sequences, tables, pool, starts)."""
+    rng = random.Random(1)
+    sequences = [random_tokens(n, rng) for n in (6, 17, 33, 41)]
+    tables = block_tables([len(s) for s in sequences], shuffled)
+    pool = new_pool(model)
+    prefill_all_but_last(model, pool, tables, sequences)
+    return sequences, tables, pool, [len(s) - 1 for s in sequences]
+
+
 def dense_logits(model, tokens, new: int) -> mx.array:
     """mlx-lm's KVCache forward: the prefix, then the last `new` tokens; their logits [new, vocab]."""
     cache = make_prompt_cache(model)
@@ -84,15 +100,16 @@ def assert_close(paged: mx.array, dense: mx.array) -> None:
     assert error <= 1e-4 * mx.abs(dense).max().item(), error
 
 
-def block_tables(lengths: list[int], shuffled: bool, seed: int = 0, taken: tuple = ()) -> list[list[int]]:
+def block_tables(lengths: list[int], shuffled: bool, seed: int = 0, taken: tuple = (), block_size: int = BLOCK,
+                 num_blocks: int = NUM_BLOCKS) -> list[list[int]]:
     """Tables for sequences of these lengths, from the blocks not `taken`: consecutive blocks, or
     shuffled (runs of one block, mostly)."""
-    blocks = [b for b in range(NUM_BLOCKS) if b not in taken]
+    blocks = [b for b in range(num_blocks) if b not in taken]
     if shuffled:
         random.Random(seed).shuffle(blocks)
     tables = []
     for n in lengths:
-        count = -(-n // BLOCK)
+        count = -(-n // block_size)
         tables.append(blocks[:count])
         blocks = blocks[count:]
     return tables
@@ -105,14 +122,8 @@ def random_tokens(n: int, rng: random.Random) -> list[int]:
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("shuffled", [False, True], ids=["contiguous", "shuffled"])
 def test_ragged_decode_rows_match_dense(model, read, shuffled, width):
-    rng = random.Random(1)
-    sequences = [random_tokens(n, rng) for n in (6, 17, 33, 41)]
-    tables = block_tables([len(s) for s in sequences], shuffled)
-    pool = new_pool(model)
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-1])
+    sequences, tables, pool, starts = ragged_decode_rows(model, shuffled)
 
-    starts = [len(s) - 1 for s in sequences]
     logits, layout = paged_forward(model, pool, tables, starts, [s[-1:] for s in sequences], tile_width=width)
 
     if read == "tiles" and width == 64 and not shuffled:
@@ -255,8 +266,7 @@ def test_interleaved_blocks_share_windows_and_match_dense(model, read):
     sequences = [random_tokens(n, rng) for n in (30, 27)]
     tables = [list(range(0, 16, 2)), list(range(1, 16, 2))]
     pool = new_pool(model)
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-1])
+    prefill_all_but_last(model, pool, tables, sequences)
 
     starts = [len(s) - 1 for s in sequences]
     logits, layout = paged_forward(model, pool, tables, starts, [s[-1:] for s in sequences], tile_width=16)
