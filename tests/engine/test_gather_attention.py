@@ -24,6 +24,7 @@ from tests.engine.test_paged_attention import (
     MODELS,
     assert_close,
     block_tables,
+    chunks_over_a_shared_prefix,
     dense_logits,
     new_pool,
     prefill,
@@ -111,18 +112,9 @@ def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model):
 
 def test_batched_prefill_chunks_over_a_shared_prefix_match_dense(model):
     """Rows at different starts with several new tokens each: the boolean mask is causal per row."""
-    rng = random.Random(6)
-    shared = random_tokens(2 * BLOCK, rng)
-    sequences = [shared + random_tokens(n, rng) for n in (7, 17)]
     chunk = 6
-    own_tables = block_tables([len(s) - len(shared) for s in sequences], shuffled=True, seed=6, taken=(0, 1))
-    tables = [[0, 1] + own for own in own_tables]
-    pool = new_pool(model)
-    prefill(model, pool, tables[0], shared)
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-chunk], start=len(shared))
+    sequences, tables, pool, starts = chunks_over_a_shared_prefix(model, seed=6, table_seed=6, chunk=chunk)
 
-    starts = [len(s) - chunk for s in sequences]
     logits, layout = gather_forward(model, pool, tables, starts, [s[-chunk:] for s in sequences])
 
     assert layout.plan.mask.shape == (2, 1, chunk, 25)

@@ -87,6 +87,21 @@ def ragged_decode_rows(model, shuffled: bool):
     return sequences, tables, pool, [len(s) - 1 for s in sequences]
 
 
+def chunks_over_a_shared_prefix(model, seed: int, table_seed: int, chunk: int = 6):
+    """Two sequences sharing a 2-block prefix (blocks 0 and 1), prefilled but for their last `chunk`
+    tokens: (sequences, tables, pool, starts)."""
+    rng = random.Random(seed)
+    shared = random_tokens(2 * BLOCK, rng)
+    sequences = [shared + random_tokens(n, rng) for n in (7, 17)]
+    own_tables = block_tables([len(s) - len(shared) for s in sequences], shuffled=True, seed=table_seed, taken=(0, 1))
+    tables = [[0, 1] + own for own in own_tables]
+    pool = new_pool(model)
+    prefill(model, pool, tables[0], shared)
+    for table, tokens in zip(tables, sequences):
+        prefill(model, pool, table, tokens[:-chunk], start=len(shared))
+    return sequences, tables, pool, [len(s) - chunk for s in sequences]
+
+
 def dense_logits(model, tokens, new: int) -> mx.array:
     """mlx-lm's KVCache forward: the prefix, then the last `new` tokens; their logits [new, vocab]."""
     cache = make_prompt_cache(model)
@@ -153,19 +168,9 @@ def test_prefill_chunk_continuing_a_cached_prefix_matches_dense(model, read, pie
 
 
 def test_batched_prefill_chunks_over_a_shared_prefix_match_dense(model, read, pieces):
-    rng = random.Random(4)
-    shared = random_tokens(2 * BLOCK, rng)
-    sequences = [shared + random_tokens(n, rng) for n in (7, 17)]
     chunk = 6
-    own_lengths = [len(s) - len(shared) for s in sequences]
-    own_tables = block_tables(own_lengths, shuffled=True, seed=5, taken=(0, 1))
-    tables = [[0, 1] + own for own in own_tables]
-    pool = new_pool(model)
-    prefill(model, pool, tables[0], shared)
-    for table, tokens in zip(tables, sequences):
-        prefill(model, pool, table, tokens[:-chunk], start=len(shared))
+    sequences, tables, pool, starts = chunks_over_a_shared_prefix(model, seed=4, table_seed=5, chunk=chunk)
 
-    starts = [len(s) - chunk for s in sequences]
     chunks = [s[-chunk:] for s in sequences]
     logits, layout = paged_forward(model, pool, tables, starts, chunks, tile_width=4, cascade_min_saved=1)
 
