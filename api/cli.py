@@ -1,4 +1,5 @@
-"""The `pagedmlx` command: `pagedmlx serve [flags]`, `pagedmlx claude-env`, `pagedmlx claude`."""
+"""The `pagedmlx` command: `pagedmlx serve [flags]`, `pagedmlx warm FILE`, `pagedmlx claude-env`,
+`pagedmlx claude`."""
 
 import argparse
 import os
@@ -15,6 +16,7 @@ from api.settings import (
     options,
     value_type,
 )
+from api.warm import WarmFileError, load_warm_requests
 
 CONFIG_ENV = env_name("config")
 
@@ -39,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", parents=[serve], add_help=False, help="serve a model (flags below)",
         description=serve.description,
     )
+    warm = commands.add_parser(
+        "warm", parents=[serve], add_help=False,
+        help="prefill the prompts of the request bodies in FILE into the prefix cache's disk tier, "
+        "so that the next `pagedmlx serve` hits them, then exit; it serves on --port meanwhile "
+        "(pick a free one if a server runs)",
+        description="Start a server, send it the request bodies in FILE (a JSON object, a JSON "
+        "list or JSONL; see --warm) for one token each, and exit once they are done. The "
+        "prompts' KV blocks go to the disk tier (--disk-cache-gb, --disk-cache-dir), so the "
+        "next `pagedmlx serve` with the same model and flags hits them. It listens on --port "
+        "meanwhile: pick a free one if a server runs.",
+    )
+    warm.add_argument("warm", metavar="FILE", help="the request bodies to prefill")
     commands.add_parser(
         "claude-env", parents=[serve], add_help=False,
         help="print the exports that point Claude Code at the server (--host, --port, --api-key)",
@@ -105,9 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     from engine.blas import ensure_blas_preloaded
 
     ensure_blas_preloaded()
+    if args.command == "warm":
+        try:
+            load_warm_requests(settings.warm)
+        except WarmFileError as error:
+            print(f"pagedmlx: error: {error}", file=sys.stderr)
+            return 2
+        if settings.disk_cache_gb == 0:
+            print("pagedmlx: warning: --disk-cache-gb is 0: without the disk tier the warmed "
+                  "prefix cache is lost when `warm` exits", file=sys.stderr)
     from api.server import serve
 
-    return serve(settings)
+    return serve(settings, exit_after_warm=args.command == "warm")
 
 
 if __name__ == "__main__":

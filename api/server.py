@@ -22,14 +22,18 @@ from api.request_ids import ACCESS_LOG_FORMAT
 from api.reasoning import reasoning_markers
 from api.settings import Settings
 from api.tool_calls import choose_parser_name
+from api.warm import local_url, warm_server, warm_succeeded
 from engine import cpu_kernels
 from engine.blas import active_blas
 from engine.device import device_description
+from engine.disk_cache_key import DISK_DTYPES, disk_cache_key, key_directory
 from engine.guided import GrammarCompiler
+from engine.kv_block_copy import numpy_dtype
 from engine.memory_limit import set_memory_limit
 from engine.model_loader import LoadedModel, ModelLoadError, load_model
 from engine.runner import ModelRunner
 from scheduler.config import SchedulerConfig
+from scheduler.disk_tier import DiskTier
 from scheduler.engine_loop import EngineLoop
 from scheduler.faults import FaultPlan
 
@@ -40,7 +44,7 @@ class StartupError(Exception):
     """Printed as one line; the process exits non-zero."""
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, exit_after_warm: bool = False) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cpu_kernels.set_enabled(settings.cpu_kernels == "auto")
@@ -51,6 +55,7 @@ def serve(settings: Settings) -> int:
                              on_demand=not settings.kv_preallocate,
                              guaranteed_blocks=-(-config.context_limit // config.block_size))
         memory_limit = set_memory_limit(runner.pool.block_bytes * config.num_blocks)
+        disk = _disk_tier(settings, loaded, runner, config.block_size)
         fault = FaultPlan.from_env()
         api_keys = load_api_keys(settings.api_key, settings.api_key_file)
     except (StartupError, ValueError) as error:
@@ -65,7 +70,8 @@ def serve(settings: Settings) -> int:
     model_name = settings.served_model_name or loaded.model_id
     metrics = Metrics(model_name, config.context_limit, lambda: engine.stats,
                       kv_block_bytes=runner.pool.block_bytes, memory_limit_bytes=memory_limit)
-    engine = EngineLoop(runner, config, model_name, fault=fault, step_observer=metrics.observe_step)
+    engine = EngineLoop(runner, config, model_name, fault=fault, step_observer=metrics.observe_step,
+                        disk=disk)
     tokenizer = loaded.tokenizer
     encode_tokenizer = copy.deepcopy(tokenizer)  # the tokenize thread's own (see ServerContext)
     template, vocab = getattr(tokenizer, "chat_template", None), tokenizer.get_vocab()
@@ -87,8 +93,8 @@ def serve(settings: Settings) -> int:
         max_queue=settings.max_queue or default_max_queue(
             config.num_blocks * config.block_size, config.max_num_seqs),
     )
-    _print_startup(loaded, config, ctx, runner, memory_limit)
-    return _run(_serve_until_signal(ctx))
+    _print_startup(loaded, config, ctx, runner, memory_limit, disk)
+    return _run(_serve_until_signal(ctx, exit_after_warm))
 
 
 def _is_loopback(host: str) -> bool:
@@ -132,8 +138,22 @@ def _scheduler_config(settings: Settings, loaded: LoadedModel) -> SchedulerConfi
         raise StartupError(str(error)) from None
 
 
+def _disk_tier(settings: Settings, loaded: LoadedModel, runner: ModelRunner,
+               block_size: int) -> DiskTier | None:
+    if settings.disk_cache_gb == 0:
+        return None
+    pool_dtype = numpy_dtype(runner.pool)
+    disk_dtype = DISK_DTYPES.get(pool_dtype, pool_dtype)
+    key = disk_cache_key(loaded, pool_dtype, disk_dtype, block_size)
+    try:
+        directory, digest = key_directory(settings.disk_cache_dir, key)
+        return DiskTier(directory, digest, int(settings.disk_cache_gb * 2**30), disk_dtype)
+    except OSError as error:
+        raise StartupError(f"--disk-cache-dir {settings.disk_cache_dir}: {error}") from None
+
+
 def _print_startup(loaded: LoadedModel, config: SchedulerConfig, ctx: ServerContext,
-                   runner: ModelRunner, memory_limit: int) -> None:
+                   runner: ModelRunner, memory_limit: int, disk: DiskTier | None) -> None:
     pool_tokens = config.num_blocks * config.block_size
     budget_gb = config.num_blocks * runner.pool.block_bytes / 2**30
     allocation = ("allocated up front" if runner.pool_growth is None
@@ -149,12 +169,21 @@ def _print_startup(loaded: LoadedModel, config: SchedulerConfig, ctx: ServerCont
         f"tokens = {pool_tokens} tokens; {allocation}",
         f"  memory:   MLX limit {memory_limit / 2**30:.2f} GB (weights, KV budget, activations)",
         f"  context:  {config.context_limit} tokens, up to {config.max_num_seqs} sequences at once",
+        f"  disk:     {_describe_disk(disk)}",
         f"  queue:    up to {ctx.max_queue} requests waiting (--max-queue)",
         f"  tools:    {ctx.tool_parser_name} calls, "
         + ("through the chat template" if template_supports_tools(loaded.tokenizer)
            else "fallback tool prompt (the chat template has no tool support)"),
     ]
     print("\n".join(lines), flush=True)
+
+
+def _describe_disk(disk: DiskTier | None) -> str:
+    if disk is None:
+        return "off (--disk-cache-gb 0)"
+    stats = disk.stats()
+    return (f"{disk.directory}: {stats.num_blocks} blocks, {stats.size_bytes / 2**30:.2f} of "
+            f"{stats.capacity_bytes / 2**30:.2f} GB, K/V as {disk.dtype}")
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -165,7 +194,9 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-async def _serve_until_signal(ctx: ServerContext) -> int:
+async def _serve_until_signal(ctx: ServerContext, exit_after_warm: bool = False) -> int:
+    """exit_after_warm: stop (gracefully, as on a signal) once --warm's requests are done; exit 1
+    unless every one was answered."""
     settings = ctx.settings
     ctx.engine.start()
     runner = web.AppRunner(create_app(ctx), handler_cancellation=True,
@@ -189,12 +220,20 @@ async def _serve_until_signal(ctx: ServerContext) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
     watch_lag = asyncio.create_task(ctx.metrics.loop_lag.watch())
+    warming = None
+    if settings.warm:
+        warming = asyncio.create_task(warm_server(local_url(settings.host, settings.port),
+                                                  settings.warm, next(iter(ctx.api_keys), None)))
+        if exit_after_warm:
+            warming.add_done_callback(lambda _: stop.set())
     await stop.wait()
+    if warming is not None:
+        warming.cancel()  # a signal mid-warm: its request is aborted like any client's
     ctx.shutting_down = True
     await _drain(ctx, force)
     watch_lag.cancel()
     await _stop(ctx, runner)
-    return 0
+    return 1 if exit_after_warm and not warm_succeeded(warming) else 0
 
 
 async def _drain(ctx: ServerContext, force: asyncio.Event) -> None:

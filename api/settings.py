@@ -83,6 +83,19 @@ class Settings:
         False, "allocate the whole KV cache budget at start-up instead of growing it on demand"
     )
     block_size: int = _option(16, "tokens per KV cache block")
+    disk_cache_gb: float = _option(
+        4.0, "most disk space the prefix cache's disk tier may take, in GB: full KV blocks are "
+        "written behind to it and read back after a restart or an eviction (least recently used "
+        "go first; 0 turns the tier off)"
+    )
+    disk_cache_dir: str = _option(
+        "~/.cache/pagedmlx/kv", "directory of the disk tier; each model key (model, dtype, block "
+        "size, KV layout) gets its own subdirectory, so servers of one model may share it"
+    )
+    warm: str | None = _option(
+        None, "at start-up, prefill the prompts of the request bodies in this JSON or JSONL file "
+        "(e.g. a recorded Claude Code first request) into the prefix cache"
+    )
     cpu_kernels: str = _option(
         "auto", "the compiled CPU kernels (fused paged attention, quantized matmul): `auto` uses "
         "them where they were built, `off` runs the pure-MLX path", choices=("auto", "off")
@@ -135,6 +148,7 @@ class Settings:
                      "default_max_tokens", "max_step_ms", "kv_cache_gb"):
             value = getattr(self, name)
             _require(value is None or value > 0, name, "must be positive")
+        _require(self.disk_cache_gb >= 0, "disk_cache_gb", "must not be negative")
         _require(self.keepalive_s > 0, "keepalive_s", "must be positive")
         _require(self.max_body_mb > 0, "max_body_mb", "must be positive")
         _require(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must not be negative")

@@ -25,13 +25,15 @@ from benchmarks.summary import RESULTS_DIR, SUMMARY_MD, write_summary
 from engine.blas import active_blas, ensure_blas_preloaded
 
 # (module, time limit in seconds of the full run, of the --quick run: None skips it there, arguments of the
-# full run). The limits add up to under 15 minutes (full) and 3 minutes (quick). The engine bench's long
-# contexts take minutes of their own: `python -m benchmarks.engine_bench` runs them (README, CPU kernels).
+# full run). The limits add up to under 19 minutes (full) and 3 minutes (quick). The engine bench's long
+# contexts take minutes of their own: `python -m benchmarks.engine_bench` runs them (README, CPU kernels);
+# so does the disk tier's ~11k-token restart (`python -m benchmarks.disk_tier_bench`; --quick here).
 BENCHMARKS = (
     ("benchmarks.engine_bench", 120, 25, ["--sweep"]),
     ("benchmarks.serving_bench", 560, 140, []),
-    ("benchmarks.scheduler_bench", 150, None, []),
+    ("benchmarks.scheduler_bench", 210, None, []),
     ("benchmarks.prefix_cache_bench", 40, 10, []),
+    ("benchmarks.disk_tier_bench", 180, None, ["--quick"]),
 )
 STOP_GRACE_S = 20
 

@@ -8,6 +8,11 @@
 - fairness: 4 sessions: one sends a cold long prompt, three keep sending cached turns (a cached prefix
   plus a few new tokens) and short cold prompts until it has its first token. Each session's TTFT
   p50/p99, and the long prompt's TTFT beside its TTFT alone; targets <= 2.5x alone, cached turns <= 4 s.
+- disk_writer: decode tok/s at 16 streams with the disk tier's write-behind on vs off (a fresh engine
+  each, in --repeats pairs, new prompts each run so every block is new to disk), and the engine
+  thread's time in write_behind (copying blocks out, queueing) per step of the tier-on runs, beside
+  the tier-off step time: the pairs' tok/s move by more than the tier costs on a shared machine.
+  Target: the tier adds <= 5% to the step time.
 
 The gaps of decoding streams while a cold long prompt prefills are measured through the server, by
 benchmarks/serving_bench.py.
@@ -19,6 +24,7 @@ import argparse
 import asyncio
 import json
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +33,7 @@ from engine.blas import active_blas, ensure_blas_preloaded
 from engine.sampling_params import SamplingParams
 from engine.step_types import SeqStep
 from scheduler.config import SchedulerConfig
+from scheduler.disk_tier import DiskTier
 from scheduler.engine_loop import EngineLoop
 
 if TYPE_CHECKING:  # imported in main(), after OpenBLAS is preloaded
@@ -181,7 +188,8 @@ class HostTime:
         return ((percentile(host, 50) * 1000, percentile(runner, 50) * 1000) if host else (0.0, 0.0))
 
 
-PHASES = ("decode", "ttft", "fairness")
+PHASES = ("decode", "ttft", "fairness", "disk_writer")
+DISK_WRITER_STREAMS = 16
 
 
 def main() -> None:
@@ -247,6 +255,36 @@ def main() -> None:
     async def fair(engine: EngineLoop) -> dict:
         return await fairness(engine, rng, vocab, long_len, prefix_len // 2)
 
+    async def disk_writer() -> dict:
+        """Fresh engines on the shared runner, the tier off and on in turn; each with new prompts."""
+        steps = 4 * decode_steps  # each stream fills a few blocks while all decode
+        runs: dict[str, list[float]] = {"off": [], "on": []}
+        written, write_behind_s, engine_steps = [], [], []
+        with tempfile.TemporaryDirectory() as directory:
+            for _ in range(args.repeats):
+                for tier in runs:
+                    disk = DiskTier(Path(directory), "bench", 4 * 2**30, "float16") if tier == "on" else None
+                    engine = EngineLoop(runner, config, loaded.model_id, disk=disk)
+                    if disk is not None:
+                        disk.write_behind = HostTime._timed(disk.write_behind, write_behind_s)
+                    engine.start()
+                    prompts = [random_prompt(rng, PROMPT_LEN, vocab) for _ in range(DISK_WRITER_STREAMS)]
+                    runs[tier].append(await scheduler_decode_tok_s(engine, prompts, steps))
+                    await engine.stop(grace_s=0)
+                    if disk is not None:
+                        written.append(engine.stats.disk.bytes_written)
+                        engine_steps.append(engine.num_steps)
+                    print(f"  disk tier {tier}: {runs[tier][-1]:.1f} tok/s", flush=True)
+        step_ms = {tier: DISK_WRITER_STREAMS / percentile(values, 50) * 1000 for tier, values in runs.items()}
+        write_behind_ms = sum(write_behind_s) * 1000 / sum(engine_steps)
+        return {"streams": DISK_WRITER_STREAMS, "off_tok_s": percentile(runs["off"], 50),
+                "pair_ratio_on_over_off": percentile([b / a for a, b in zip(runs["off"], runs["on"])], 50),
+                "write_behind_ms_per_step": write_behind_ms,
+                "write_behind_share_of_step": write_behind_ms / step_ms["off"],
+                "on_tok_s": percentile(runs["on"], 50), "off_step_ms": step_ms["off"],
+                "on_step_ms": step_ms["on"], "step_time_ratio": step_ms["on"] / step_ms["off"],
+                "bytes_written_per_run": percentile(written, 50), "repeats": args.repeats}
+
     phases = {"decode": decode, "ttft": ttft, "fairness": fair}
 
     async def run_engine_phases() -> None:
@@ -254,10 +292,14 @@ def main() -> None:
         engine.start()
         try:
             for name in [args.only] if args.only else PHASES:
-                result[name] = await phases[name](engine)
-                print(json.dumps({name: result[name]}), flush=True)
+                if name in phases:
+                    result[name] = await phases[name](engine)
+                    print(json.dumps({name: result[name]}), flush=True)
         finally:
             await engine.stop(grace_s=0)
+        if args.only in (None, "disk_writer"):
+            result["disk_writer"] = await disk_writer()
+            print(json.dumps({"disk_writer": result["disk_writer"]}), flush=True)
 
     asyncio.run(run_engine_phases())
     targets = {
@@ -266,6 +308,7 @@ def main() -> None:
         "ttft_cached_over_cold": ("ttft", lambda r: r["ratio"], "<= 0.10"),
         "long_prompt_busy_over_alone": ("fairness", lambda r: r["long_ratio"], "<= 2.5"),
         "cached_turn_ttft_p99_s": ("fairness", lambda r: r["cached_turn"]["p99_s"], "<= 4"),
+        "disk_writer_share_of_step": ("disk_writer", lambda r: r["write_behind_share_of_step"], "<= 0.05"),
     }
     result["targets"] = {name: {"value": value(result[phase]), "target": target}
                          for name, (phase, value, target) in targets.items() if phase in result}

@@ -38,7 +38,10 @@ class ServerKind:
 def pagedmlx_command(port: int) -> list[str]:
     # The workloads hold under 40k tokens of KV; a bounded pool leaves memory to others on a shared machine.
     return [str(Path(sys.executable).with_name("pagedmlx")), "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--kv-cache-gb", str(PAGEDMLX_KV_CACHE_GB)]
+            "--kv-cache-gb", str(PAGEDMLX_KV_CACHE_GB),
+            # No disk tier of the prefix cache: a cache left on disk by an earlier run would turn the cold
+            # prefills these benchmarks measure into disk reads (disk_tier_bench turns it on, after this).
+            "--disk-cache-gb", "0"]
 
 
 def mlx_lm_command(port: int) -> list[str]:

@@ -67,6 +67,7 @@ class LoadedModel:
     tokenizer: Any  # a transformers PreTrainedTokenizerFast
     model_id: str
     source: str
+    path: Path  # the local file or folder the weights came from
     dtype: str  # "float32", "bfloat16", "float16", "quantized" (MLX's), or one of CPU_QUANTIZED
     num_layers: int
     num_kv_heads: int
@@ -110,6 +111,7 @@ def load_model(spec: str | None = None, dtype: str | None = None) -> LoadedModel
         tokenizer=loaded.tokenizer,
         model_id=model_id,
         source=source,
+        path=path,
         dtype=resolved_dtype,
         num_layers=num_layers,
         num_kv_heads=num_kv_heads,

@@ -5,9 +5,11 @@ from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
 from engine.attention_dispatch import check_paged_dispatch, install_paged_attention
+from engine.kv_block_copy import copy_blocks_in, copy_blocks_out
 from engine.kv_pool import KVPool, default_kv_budget_bytes
 from engine.model_loader import LoadedModel
 from engine.paged_cache import build_layout, count_runs, make_caches
@@ -114,6 +116,14 @@ class ModelRunner:
         # Unsampled chunks' pool writes are read by later steps only: evaluate them with the logits.
         mx.async_eval(logits, self.pool.keys, self.pool.values)
         return self.sampler(logits, [seqs[i] for i in sampled])
+
+    def copy_blocks_out(self, block_ids: list[int]) -> np.ndarray:
+        """Whole blocks' K/V for the disk tier (engine/kv_block_copy.py); between steps."""
+        return copy_blocks_out(self.pool, block_ids)
+
+    def restore_blocks(self, blocks: list[tuple[int, np.ndarray]]) -> None:
+        """Copy (block id, K/V) pairs read from the disk tier into the pool, before a step."""
+        copy_blocks_in(self.pool, [block_id for block_id, _ in blocks], [kv for _, kv in blocks])
 
     def release(self, seq_id: int) -> None:
         self.sampler.release(seq_id)

@@ -157,10 +157,13 @@ class BlockManager:
             blocks += 1
         return blocks * self.block_size
 
+    def num_hittable_blocks(self, num_tokens: int) -> int:
+        """Full blocks of a sequence of num_tokens that can hit: all but the one holding the last
+        token, which is always left to compute, since its logits give the first output token."""
+        return (num_tokens - 1) // self.block_size
+
     def _prefix_hashes(self, hashes: Sequence[BlockHash], num_tokens: int) -> Sequence[BlockHash]:
-        """The hashes of the full blocks that can hit: all but the one holding the last token,
-        which is always left to compute, since its logits give the first output token."""
-        return hashes[: (num_tokens - 1) // self.block_size]
+        return hashes[: self.num_hittable_blocks(num_tokens)]
 
     # -- sequence lifecycle ------------------------------------------------------------
 
@@ -185,10 +188,9 @@ class BlockManager:
         needed = self.num_blocks_needed(seq_id, num_tokens)
         if needed > self.num_free_blocks:
             return False
-        if needed > self._num_hashless_free and self.num_allocated_blocks < self.num_blocks:
-            self._allocate_more(needed - self._num_hashless_free)  # before evicting cached KV
-            if needed > self._num_hashless_free + len(self._lru):
-                return False
+        self.grow_for(needed)  # before evicting cached KV
+        if needed > self._num_hashless_free + len(self._lru):
+            return False
         seq = self._seqs.setdefault(seq_id, _SeqBlocks())
         if needed:
             new_blocks = self._allocate(needed, seq.table[-1] if seq.table else None)
@@ -198,15 +200,23 @@ class BlockManager:
         self._announce(seq_id, seq, hashes)
         return True
 
-    def publish(self, seq_id: int, hashes: Sequence[BlockHash], num_computed: int) -> None:
-        """Blocks fully inside [0, num_computed) become cached; their pending entries end."""
+    def grow_for(self, num_blocks: int) -> None:
+        """Where the pool grows on demand, grow it (if it can) until num_blocks are free without
+        evicting cached KV: ahead of a request that will need them, or for one now."""
+        if num_blocks > self._num_hashless_free and self.num_allocated_blocks < self.num_blocks:
+            self._allocate_more(num_blocks - self._num_hashless_free)
+
+    def publish(self, seq_id: int, hashes: Sequence[BlockHash], num_computed: int) -> list[int]:
+        """Blocks fully inside [0, num_computed) become cached; their pending entries end. Returns
+        the table indexes of the blocks that entered the cache (not those already cached elsewhere)."""
         seq = self._seqs[seq_id]
         seq.hashes = hashes
         num_full = min(num_computed // self.block_size, len(hashes))
         if num_full <= seq.num_published:
-            return
+            return []
         if num_full > len(seq.table):
             raise ValueError(f"sequence {seq_id} has no blocks for {num_computed} computed tokens")
+        cached = []
         for i in range(seq.num_published, num_full):
             block_hash = hashes[i]
             if self._pending.get(block_hash) == seq_id:
@@ -216,8 +226,10 @@ class BlockManager:
                 block = self._blocks[seq.table[i]]
                 block.block_hash = block_hash
                 self._cached[block_hash] = block.block_id
+                cached.append(i)
         seq.num_published = num_full
         seq.num_announced = max(seq.num_announced, num_full)
+        return cached
 
     def free(self, seq_id: int) -> None:
         """Release the sequence's blocks (also for an abort); unknown ids are ignored."""

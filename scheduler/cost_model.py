@@ -1,12 +1,13 @@
 """How long a step will take, so the scheduler can keep each one under its target time.
 
 A token budget alone does not bound a step: on a CPU, attention of a 512-token chunk costs ~0.8 s at
-512 tokens of context and ~35 s at 20k. A step's time is modelled as linear in four features:
+512 tokens of context and ~35 s at 20k. A step's time is modelled as linear in five features:
 
     forwards       one for the batched decode rows plus one per prefill chunk (fixed cost of a pass)
     tokens         rows through the weight matmuls (projections, MLP)
     decode_pairs   query x key pairs of the decode rows (memory-bound attention)
     prefill_pairs  query x key pairs of the chunks, L x (start + (L + 1) / 2) each (exp-bound on a CPU)
+    restored       blocks copied from the disk tier's read-ahead into the pool (memory-bound)
 
 The coefficients start at priors measured on a 2-core CPU with SmolLM2-135M and are refitted after every
 step by exponentially weighted least squares on relative error, ridge-regularised toward the priors
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 
 from engine.step_types import SeqStep
 
-# ms per forward, per token, per decode query-key pair, per prefill query-key pair.
-PRIOR_MS = (40.0, 2.5, 9e-3, 3.4e-3)
+# ms per forward, per token, per decode query-key pair, per prefill query-key pair, per restored block.
+PRIOR_MS = (40.0, 2.5, 9e-3, 3.4e-3, 0.5)
 NUM_FEATURES = len(PRIOR_MS)
 _MIN_MULTIPLIER = 0.01  # of the overall scale: no feature is free
 
@@ -35,6 +36,7 @@ class StepShape:
     chunks: int = 0
     chunk_tokens: int = 0
     prefill_pairs: int = 0
+    restored_blocks: int = 0
 
     @classmethod
     def of(cls, seqs: Sequence[SeqStep]) -> "StepShape":
@@ -59,7 +61,7 @@ class StepShape:
 
     def features(self) -> tuple[float, ...]:
         forwards = (self.decode_rows > 0) + self.chunks
-        return (forwards, self.num_tokens, self.decode_pairs, self.prefill_pairs)
+        return (forwards, self.num_tokens, self.decode_pairs, self.prefill_pairs, self.restored_blocks)
 
 
 def chunk_pairs(start: int, length: int) -> int:
@@ -83,9 +85,13 @@ class CostModel:
     def estimate_ms(self, shape: StepShape) -> float:
         return sum(c * x for c, x in zip(self.coefficients, shape.features()))
 
+    def restore_ms(self, num_blocks: int) -> float:
+        """Estimated time of copying num_blocks read from disk into the pool."""
+        return self.coefficients[4] * num_blocks
+
     def max_chunk_tokens(self, start: int, budget_ms: float) -> int:
         """Longest chunk after `start` computed tokens whose own forward fits in budget_ms (maybe 0)."""
-        per_forward, per_token, _, per_pair = self.coefficients
+        per_forward, per_token, _, per_pair, _ = self.coefficients
         spare = budget_ms - per_forward
         if spare <= 0:
             return 0

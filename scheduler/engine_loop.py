@@ -26,6 +26,7 @@ from engine.sampling_params import SamplingParams
 from engine.step_types import TokenOutput
 from scheduler.block_manager import BlockManager
 from scheduler.config import SchedulerConfig
+from scheduler.disk_tier import DiskStats, DiskTier
 from scheduler.failure_streak import FailureStreak
 from scheduler.faults import FaultPlan
 from scheduler.request import AbortCause, FinishReason, Request, RequestRejected
@@ -68,13 +69,16 @@ class EngineStats:
     num_steps: int = 0
     num_failed_steps: int = 0
     num_pool_rebuilds: int = 0
+    disk: DiskStats | None = None  # None: the disk tier is off
 
 
 class EngineLoop:
     def __init__(self, runner: "ModelRunner", config: SchedulerConfig, model_name: str,
-                 fault: FaultPlan | None = None, step_observer: StepObserver | None = None) -> None:
+                 fault: FaultPlan | None = None, step_observer: StepObserver | None = None,
+                 disk: DiskTier | None = None) -> None:
         """fault: a failure to inject, for tests (scheduler/faults.py); step_observer: called on
-        the engine thread after each step that ran."""
+        the engine thread after each step that ran; disk: the prefix cache's disk tier (closed by
+        stop())."""
         if (runner.num_blocks, runner.block_size) != (config.num_blocks, config.block_size):
             raise ValueError(
                 f"the runner's pool ({runner.num_blocks} blocks of {runner.block_size}) differs from the "
@@ -84,13 +88,15 @@ class EngineLoop:
         self.config = config
         self.model_name = model_name
         self.scheduler = Scheduler(config, BlockManager(config.num_blocks, config.block_size,
-                                                        grow=runner.pool_growth))
+                                                        grow=runner.pool_growth), disk=disk)
         self._fault = fault
         self._step_observer = step_observer
         self._aborts: Counter[str] = Counter()
         self.num_steps = 0
         self.num_failed_steps = 0
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        if disk is not None:
+            disk.set_wake(lambda: self._inbox.put(("wake",)))
         self._subscribers: dict[int, Subscriber] = {}  # seq_id -> where its events go; engine thread only
         self._outbox = Outbox()
         self._failures = FailureStreak()
@@ -108,7 +114,10 @@ class EngineLoop:
 
     @property
     def stats(self) -> EngineStats:
-        return self._stats
+        """The snapshot of the last step; the disk tier's figures as of now (its threads write while
+        the engine idles)."""
+        disk = self.scheduler.disk
+        return self._stats if disk is None else dataclasses.replace(self._stats, disk=disk.stats())
 
     @property
     def num_queued(self) -> int:
@@ -140,6 +149,8 @@ class EngineLoop:
             await asyncio.to_thread(self._thread.join, join_timeout_s)
             if self._thread.is_alive():
                 log.warning("the engine thread did not stop within %g s", join_timeout_s)
+        if self.scheduler.disk is not None:
+            await asyncio.to_thread(self.scheduler.disk.close)  # after the queued writes
 
     def submit(
         self,
@@ -220,7 +231,7 @@ class EngineLoop:
                 if request is not None:
                     self._aborts[message[3].value] += 1
                     self._emit(request, None)
-            else:
+            elif message[0] == "stop":
                 running = False
         return running
 
@@ -261,6 +272,10 @@ class EngineLoop:
         try:
             if self._fault is not None:
                 self._fault.on_step(out.requests)
+            if out.restores:
+                self.runner.restore_blocks([(block_id, block.kv) for block_id, block in out.restores])
+                log.debug("disk cache: %d blocks into the pool in %.0f ms", len(out.restores),
+                          (time.monotonic() - started) * 1000)
             outputs = self.runner.step(out.seqs)
         except Exception as error:
             self._step_failed(out, error)
@@ -270,6 +285,8 @@ class EngineLoop:
         self.num_steps += 1
         for request, output in self.scheduler.update(out, outputs, duration_s * 1000):
             self._emit(request, output)
+        if out.published:
+            self.scheduler.disk.write_behind(out.published, self.runner.copy_blocks_out)
         if self._step_observer is not None:
             self._step_observer(StepReport(duration_s, out.shape, self.runner.last_step_runs))
         return True

@@ -14,7 +14,10 @@ step's token and time budgets leave:
   prefill goes first (short or mostly cached prompts), then arrival order.
 Chunks end on block boundaries and shrink as their context grows so the estimated step stays under
 max_step_ms. A waiting request whose next prefix block is being computed by another request waits
-for it (others pass it) and then hits the cache.
+for it (others pass it) and then hits the cache. With the disk tier, a waiting request whose hit
+ends where the disk's copy of its chain goes on waits likewise while those blocks are read ahead
+(scheduler/disk_tier.py); then they count as cached, and copying them into the pool is part of the
+step's estimated time.
 """
 
 import bisect
@@ -24,12 +27,14 @@ import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
+from engine.kv_block_file import StoredBlock
 from engine.sampling_params import SamplingParams
 from engine.step_types import SeqStep, TokenOutput
 from scheduler.block_hash import BlockHashChain, extra_keys
 from scheduler.block_manager import BlockManager, PrefixMatch
 from scheduler.config import SchedulerConfig
 from scheduler.cost_model import CostModel, StepShape
+from scheduler.disk_tier import DiskTier, PublishedBlock
 from scheduler.request import FinishReason, Request, RequestRejected, RequestStatus
 
 
@@ -42,6 +47,8 @@ class SchedulerOutput:
     estimated_ms: float = 0.0
     touched: set[int] = field(default_factory=set)  # seq ids scheduled or preempted in this step
     admission_closed: bool = False  # a waiting request found no room: none after it may start
+    restores: list[tuple[int, StoredBlock]] = field(default_factory=list)  # copy into the pool first
+    published: list[PublishedBlock] = field(default_factory=list)  # made cached by the step (disk tier)
 
 
 @dataclass
@@ -88,10 +95,12 @@ class Scheduler:
         config: SchedulerConfig,
         block_manager: BlockManager | None = None,
         cost_model: CostModel | None = None,
+        disk: DiskTier | None = None,
     ) -> None:
         self.config = config
         self.block_manager = block_manager or BlockManager(config.num_blocks, config.block_size)
         self.cost_model = cost_model or CostModel()
+        self.disk = disk
         self.waiting: list[Request] = []  # by seq_id, i.e. arrival: a preempted request is older
         self.running: list[Request] = []  # by seq_id: oldest first
         self.counters = SchedulerCounters()
@@ -148,8 +157,15 @@ class Scheduler:
         bisect.insort(self.waiting, request, key=_seq_id)
 
     def expected_hit_tokens(self, request: Request) -> int:
-        """Prefix tokens the request will most likely read from the cache (see BlockManager)."""
-        return self.block_manager.num_expected_hit_tokens(request.block_hashes.hashes, request.num_tokens)
+        """Prefix tokens the request will most likely read from the cache (see BlockManager), the
+        disk tier's included."""
+        hashes, manager = request.block_hashes.hashes, self.block_manager
+        tokens = manager.num_expected_hit_tokens(hashes, request.num_tokens)
+        if self.disk is not None:
+            start = tokens // self.config.block_size
+            tokens += self.config.block_size * self.disk.count_stored(
+                hashes, start, manager.num_hittable_blocks(request.num_tokens))
+        return tokens
 
     def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> Request | None:
         """Finish a request in any state and free its blocks; None if it is unknown or finished."""
@@ -188,8 +204,10 @@ class Scheduler:
         emitted = []
         for seq, request in zip(out.seqs, out.requests):
             request.num_computed_tokens += len(seq.token_ids)
-            self.block_manager.publish(
+            cached = self.block_manager.publish(
                 request.seq_id, request.block_hashes.hashes, request.num_computed_tokens)
+            if self.disk is not None:
+                out.published += [self._published_block(request, i) for i in cached]
             output = sampled.get(request.seq_id)
             if output is None:
                 continue
@@ -254,7 +272,9 @@ class Scheduler:
         for request in self.waiting:
             if request.seq_id not in out.touched:
                 match = self._match(request)
-                candidates.append(self._candidate(request, match.num_tokens, match.pending))
+                from_disk, loading = self._disk_lookup(request, match)
+                start = match.num_tokens + from_disk * self.config.block_size
+                candidates.append(self._candidate(request, start, match.pending or loading))
         candidates.sort(key=lambda c: c.request.seq_id)
         return candidates
 
@@ -322,11 +342,16 @@ class Scheduler:
         match = self._match(request)  # anew: an allocation since the candidates' may have evicted
         if match.pending:
             return 0
-        length = self._chunk_length(out, limits, match.num_tokens, request.num_tokens - match.num_tokens,
-                                    guaranteed)
+        from_disk, loading = self._disk_lookup(request, match)
+        if loading:
+            return 0
+        start = match.num_tokens + from_disk * self.config.block_size
+        restore_ms = self.cost_model.restore_ms(from_disk)
+        length = self._chunk_length(out, limits, start, request.num_tokens - start, guaranteed,
+                                    restore_ms)
         if length == 0:
             return 0
-        manager, end = self.block_manager, match.num_tokens + length
+        manager, end = self.block_manager, start + length
         if not manager.can_allocate(manager.num_blocks_to_admit(match, end)):
             out.admission_closed = True  # first come, first served for the free blocks
             return 0
@@ -335,28 +360,62 @@ class Scheduler:
             manager.free(request.seq_id)  # the pool could not grow into the blocks counted free
             out.admission_closed = True
             return 0
+        if self.disk is not None:
+            self._restore_from_disk(request, match, from_disk, out)
         _remove(self.waiting, request)
         bisect.insort(self.running, request, key=_seq_id)
         request.status = RequestStatus.RUNNING
-        request.num_computed_tokens = match.num_tokens
+        request.num_computed_tokens = start
         if request.timings.first_scheduled is None:
             request.timings.first_scheduled = time.monotonic()
-            request.num_cached_tokens = match.num_tokens
+            request.num_cached_tokens = start
             self.counters.prefix_queries_tokens += request.num_tokens
-            self.counters.prefix_hits_tokens += match.num_tokens
+            self.counters.prefix_hits_tokens += start
         return length
+
+    def _disk_lookup(self, request: Request, match: PrefixMatch) -> tuple[int, bool]:
+        """(blocks after the pool hit that are read from disk and ready, whether more are being read)."""
+        if self.disk is None or match.pending:
+            return 0, False
+        block_size, manager = self.config.block_size, self.block_manager
+        ready, loading = self.disk.lookup(
+            request.seq_id, request.block_hashes.hashes, len(match.block_ids),
+            manager.num_hittable_blocks(request.num_tokens),
+            lambda i: tuple(request.token_ids[i * block_size:(i + 1) * block_size]))
+        if loading:  # grow the pool for them while they are read, not after
+            manager.grow_for(-(-request.num_tokens // block_size) - len(match.block_ids))
+        return ready, loading
+
+    def _restore_from_disk(self, request: Request, match: PrefixMatch, from_disk: int,
+                           out: SchedulerOutput) -> None:
+        """Hand the blocks read from disk to the step, into the table's blocks after the pool hit;
+        they are published with the step's computed blocks once it ran."""
+        num_hits = len(match.block_ids)
+        blocks = self.disk.take(request.seq_id, num_hits)[:from_disk]
+        table = self.block_manager.block_table(request.seq_id)
+        out.restores += zip(table[num_hits:num_hits + from_disk], blocks)
+        out.shape.restored_blocks += from_disk
+        self.disk.touch(match.block_hashes)
+        hittable = self.block_manager.num_hittable_blocks(request.num_tokens)
+        self.disk.record_admission(from_disk, max(0, hittable - num_hits - from_disk))
+
+    def _published_block(self, request: Request, index: int) -> PublishedBlock:
+        block_size = self.config.block_size
+        return PublishedBlock(self.block_manager.block_table(request.seq_id)[index],
+                              request.block_hashes.hashes[index],
+                              tuple(request.token_ids[index * block_size:(index + 1) * block_size]))
 
     def _match(self, request: Request) -> PrefixMatch:
         return self.block_manager.match_prefix(request.block_hashes.hashes, request.num_tokens)
 
     def _chunk_length(self, out: SchedulerOutput, limits: _Limits, start: int, remaining: int,
-                      guaranteed: bool) -> int:
-        """Tokens of a prefill to run now, within the limits. Chunks end on a block, except the
-        guaranteed one, whose share may be smaller than a block's worth of time at a long context;
-        it moves at least to the next block boundary, even over the time limit."""
+                      guaranteed: bool, reserved_ms: float = 0.0) -> int:
+        """Tokens of a prefill to run now, within the limits (less reserved_ms). Chunks end on a
+        block, except the guaranteed one, whose share may be smaller than a block's worth of time at a
+        long context; it moves at least to the next block boundary, even over the time limit."""
         block_size = self.config.block_size
         tokens_left = limits.tokens - out.shape.num_tokens
-        ms_left = limits.ms - self.cost_model.estimate_ms(out.shape)
+        ms_left = limits.ms - self.cost_model.estimate_ms(out.shape) - reserved_ms
         length = min(remaining, tokens_left, self.cost_model.max_chunk_tokens(start, ms_left))
         if length < remaining and not guaranteed:
             length = (start + length) // block_size * block_size - start
@@ -411,6 +470,8 @@ class Scheduler:
         if request.is_finished:
             return
         self.block_manager.free(request.seq_id)
+        if self.disk is not None:
+            self.disk.cancel(request.seq_id)
         for queue in (self.running, self.waiting):
             _remove(queue, request, missing_ok=True)
         request.finish(reason, now, error)

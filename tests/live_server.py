@@ -21,6 +21,7 @@ TEST_PROFILE = [
     "--default-max-tokens", "16",
     "--keepalive-s", "0.5",
     "--kv-cache-gb", "0.2",
+    "--disk-cache-gb", "0",  # the disk tier's tests give it a directory of their own
     "--max-num-seqs", "8",
     "--max-body-mb", "1",
     "--shutdown-grace-s", "3",

@@ -7,9 +7,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.metrics.family import LABELS
+from scheduler.disk_tier import DiskStats
 from scheduler.request import AbortCause, FinishReason
 
 FINISH_REASONS = tuple(reason.value for reason in FinishReason)
+DISK_OFF = DiskStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
 ABORT_CAUSES = tuple(cause.value for cause in AbortCause)
 
 
@@ -24,6 +26,7 @@ class EngineStatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._engine_stats()
         used_blocks = stats.num_blocks - stats.num_free_blocks
+        disk = stats.disk or DISK_OFF
         gauges = (
             ("vllm:num_requests_running", "Number of requests in model execution batches.",
              stats.num_running),
@@ -39,6 +42,13 @@ class EngineStatsCollector(Collector):
              stats.num_blocks * self._kv_block_bytes),
             ("pagedmlx:kv_cache_allocated_bytes", "Memory the KV cache holds now: it grows on "
              "demand up to the budget.", stats.num_allocated_blocks * self._kv_block_bytes),
+            ("pagedmlx:disk_cache_size_bytes", "Bytes of KV blocks in the prefix cache's disk tier.",
+             disk.size_bytes),
+            ("pagedmlx:disk_cache_capacity_bytes", "Most bytes the disk tier may hold "
+             "(--disk-cache-gb; 0: off).", disk.capacity_bytes),
+            ("pagedmlx:disk_cache_blocks", "KV blocks in the disk tier.", disk.num_blocks),
+            ("pagedmlx:disk_cache_write_queue_depth", "Blocks waiting to be written to the disk "
+             "tier.", disk.queue_depth),
         )
         counters = (
             ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried "
@@ -58,6 +68,15 @@ class EngineStatsCollector(Collector):
              stats.num_failed_steps),
             ("pagedmlx:kv_pool_rebuilds", "KV pool rebuilds after failed steps in a row.",
              stats.num_pool_rebuilds),
+            ("pagedmlx:disk_cache_hits", "KV blocks read from the disk tier into the pool (counted "
+             "in vllm:prefix_cache_hits too).", disk.hits),
+            ("pagedmlx:disk_cache_misses", "Prompt blocks found neither in the pool nor on disk "
+             "when their request started.", disk.misses),
+            ("pagedmlx:disk_cache_read_bytes", "Bytes read from the disk tier.", disk.bytes_read),
+            ("pagedmlx:disk_cache_written_bytes", "Bytes written to the disk tier.",
+             disk.bytes_written),
+            ("pagedmlx:disk_cache_dropped_writes", "Blocks not written to the disk tier: its "
+             "queue was full, or the write failed.", disk.dropped_writes),
         )
         for family, rows in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
             for name, doc, value in rows:

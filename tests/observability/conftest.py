@@ -16,7 +16,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus; .ci/run does)")
     work_dir = tmp_path_factory.mktemp("observability")
-    server = start_server(work_dir, *known_workload.SERVER_FLAGS)
+    server = start_server(work_dir, *known_workload.SERVER_FLAGS, "--disk-cache-dir",
+                          str(work_dir / "kv"), "--disk-cache-gb", str(known_workload.DISK_CACHE_GB))
     prometheus = Prometheus(work_dir, server.port)
     try:
         first_scrape = _wait_for_scrape(prometheus, lambda: True)
@@ -25,6 +26,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         finished = float(expected.num_requests)
         wait_for(lambda: server.metric("vllm:e2e_request_latency_seconds_count") == finished,
                  what="every finish in /metrics")
+        wait_for(lambda: server.metric("pagedmlx:disk_cache_write_queue_depth") == 0,
+                 what="the disk tier's writes")
         direct = server.metrics()
         # Series born late in the run (an error's status) need two samples before rate() sees them.
         settled = time.time() + 2 * SCRAPE_INTERVAL_S

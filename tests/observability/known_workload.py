@@ -13,6 +13,7 @@ from live_server import LiveServer, wait_for
 CHAT = "/v1/chat/completions"
 POOL_BLOCKS = 40
 SERVER_FLAGS = ("--kv-cache-gb", f"{POOL_BLOCKS * 737_280 / 2**30:.6f}")  # SmolLM2's block: 720 KiB
+DISK_CACHE_GB = 1  # the disk tier's bound, in a directory of the test's own (conftest.py)
 ANTHROPIC_SESSION = "observability-anthropic"
 BURST = 6
 BURST_TOKENS = 100

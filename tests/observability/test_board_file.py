@@ -12,7 +12,7 @@ from dashboard_queries import board_queries, fill_variables, iter_panels
 
 BOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "pagedmlx.json"
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-UNITS = {"s", "percentunit", "reqps", "short", "bytes"}
+UNITS = {"s", "percentunit", "reqps", "short", "bytes", "Bps"}
 
 KNOWN_METRICS = {
     # vLLM's names
@@ -39,7 +39,10 @@ KNOWN_METRICS = {
     "pagedmlx:http_requests_total", "pagedmlx:engine_failed_steps_total",
     "pagedmlx:kv_pool_rebuilds_total", "pagedmlx:kv_cache_budget_bytes",
     "pagedmlx:kv_cache_allocated_bytes", "pagedmlx:memory_limit_bytes",
-    "pagedmlx:event_loop_lag_seconds",
+    "pagedmlx:event_loop_lag_seconds", "pagedmlx:disk_cache_written_bytes_total",
+    "pagedmlx:disk_cache_read_bytes_total", "pagedmlx:disk_cache_hits_total",
+    "pagedmlx:disk_cache_misses_total", "pagedmlx:disk_cache_dropped_writes_total",
+    "pagedmlx:disk_cache_size_bytes", "pagedmlx:disk_cache_capacity_bytes",
 }
 
 # Digits too: vllm:e2e_request_latency_seconds.

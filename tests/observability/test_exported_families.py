@@ -70,6 +70,15 @@ OURS = {
     "pagedmlx:kv_cache_budget_bytes": ("gauge", ()),
     "pagedmlx:kv_cache_allocated_bytes": ("gauge", ()),
     "pagedmlx:memory_limit_bytes": ("gauge", ()),
+    "pagedmlx:disk_cache_hits": ("counter", ()),
+    "pagedmlx:disk_cache_misses": ("counter", ()),
+    "pagedmlx:disk_cache_read_bytes": ("counter", ()),
+    "pagedmlx:disk_cache_written_bytes": ("counter", ()),
+    "pagedmlx:disk_cache_dropped_writes": ("counter", ()),
+    "pagedmlx:disk_cache_write_queue_depth": ("gauge", ()),
+    "pagedmlx:disk_cache_size_bytes": ("gauge", ()),
+    "pagedmlx:disk_cache_capacity_bytes": ("gauge", ()),
+    "pagedmlx:disk_cache_blocks": ("gauge", ()),
     "pagedmlx:event_loop_lag_seconds": ("histogram", ()),
 }
 SERVER_LABELS = {"model_name", "engine"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from dashboard_queries import board_queries
-from known_workload import POOL_BLOCKS
+from known_workload import DISK_CACHE_GB, POOL_BLOCKS
 from observed import Observed, by, direct, evaluate, only, rate_of
 from panel_checks import (Check, check_finish_reasons, check_token_throughput, latency,
                           one_per_request, streamed_gaps)
@@ -144,6 +144,26 @@ def check_loop_lag(observed: Observed, results) -> None:
     assert 0.0 <= p50 <= p99 < math.inf
 
 
+def check_disk_traffic(observed: Observed, results) -> None:
+    written, read = (rate_of(observed, samples) for samples in results)
+    assert written == pytest.approx(direct(observed, "pagedmlx:disk_cache_written_bytes_total"))
+    assert written > 0
+    assert read == pytest.approx(direct(observed, "pagedmlx:disk_cache_read_bytes_total"))
+
+
+def check_disk_blocks(observed: Observed, results) -> None:
+    hits, misses, dropped = (rate_of(observed, samples) for samples in results)
+    assert hits == pytest.approx(direct(observed, "pagedmlx:disk_cache_hits_total"))
+    assert misses == pytest.approx(direct(observed, "pagedmlx:disk_cache_misses_total"))
+    assert misses > 0
+    assert dropped == 0
+
+
+def check_disk_size(observed: Observed, results) -> None:
+    size, capacity = (only(samples) for samples in results)
+    assert 0 < size <= capacity == DISK_CACHE_GB * 2**30
+
+
 QUANTILES = (0.5, 0.9, 0.99)
 CHECKS: dict[str, Check] = {
     "Token throughput": check_token_throughput,
@@ -177,6 +197,9 @@ CHECKS: dict[str, Check] = {
     "HTTP errors by route": check_http_errors,
     "KV cache memory": check_kv_memory,
     "Event loop lag": check_loop_lag,
+    "Disk tier traffic": check_disk_traffic,
+    "Disk tier blocks/s": check_disk_blocks,
+    "Disk tier size": check_disk_size,
 }
 PANELS = panels()
 

@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from engine.step_types import SeqStep, TokenOutput
 
 VOCAB_SIZE = 1000
@@ -42,7 +44,7 @@ def reference_tokens(prompt: Sequence[int], max_tokens: int) -> list[int]:
 
 
 def step_cost_ms(seqs: Sequence[SeqStep], cost_ms: Sequence[float] = TRUE_COST_MS) -> float:
-    per_forward, per_token, per_decode_pair, per_prefill_pair = cost_ms
+    per_forward, per_token, per_decode_pair, per_prefill_pair = cost_ms[:4]  # no restores here
     decodes = [seq for seq in seqs if len(seq.token_ids) == 1]
     chunks = [seq for seq in seqs if len(seq.token_ids) > 1]
     ms = per_forward * ((len(decodes) > 0) + len(chunks))
@@ -110,6 +112,16 @@ class FakeRunner:
         self.last_step_ms = step_cost_ms(seqs, self.cost_ms)
         self.last_step_runs = [_count_runs(seq.block_table) for seq in seqs]
         return outputs
+
+    def copy_blocks_out(self, block_ids: list[int]) -> np.ndarray:
+        """The token each slot holds stands for its K/V: `[n, block_size]`."""
+        return np.array([[self.kv[block_id * self.block_size + i] for i in range(self.block_size)]
+                         for block_id in block_ids], dtype=np.int64)
+
+    def restore_blocks(self, blocks: list[tuple[int, np.ndarray]]) -> None:
+        for block_id, kv in blocks:
+            for i, token in enumerate(kv.tolist()):
+                self.kv[block_id * self.block_size + i] = int(token)
 
     def release(self, seq_id: int) -> None:
         self.released.append(seq_id)

@@ -357,7 +357,7 @@ def true_ms(shape: StepShape, coefficients: tuple[float, ...]) -> float:
 
 @pytest.mark.parametrize(
     "device",
-    [(12.0, 1.1, 0.02, 0.001), tuple(p / 100 for p in PRIOR_MS)],
+    [(12.0, 1.1, 0.02, 0.001, 0.5), tuple(p / 100 for p in PRIOR_MS)],
     ids=["other-proportions", "100x-faster"],
 )
 def test_cost_model_calibrates_to_the_device(device):

@@ -13,6 +13,7 @@ from engine.model_loader import LoadedModel
 from engine.runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from scheduler.config import SchedulerConfig
+from scheduler.disk_tier import DiskTier
 from scheduler.engine_loop import EngineLoop, TokenEvent
 from tests.prompts import QUESTIONS, chat_ids
 from tests.token_compare import assert_tokens_match
@@ -33,12 +34,12 @@ class Result:
     final: TokenEvent
 
 
-def make_engine(loaded: LoadedModel, num_blocks: int) -> EngineLoop:
+def make_engine(loaded: LoadedModel, num_blocks: int, disk: DiskTier | None = None) -> EngineLoop:
     runner = ModelRunner(loaded, num_blocks=num_blocks, block_size=BLOCK)
     config = SchedulerConfig(
         num_blocks=num_blocks, block_size=BLOCK, max_model_len=loaded.max_context, cache_key=loaded.model_id
     )
-    return EngineLoop(runner, config, loaded.model_id)
+    return EngineLoop(runner, config, loaded.model_id, disk=disk)
 
 
 async def generate(engine: EngineLoop, prompt: list[int], cache_salt: str | None = None) -> Result:
@@ -159,3 +160,22 @@ def test_abort_mid_generation_returns_every_block(loaded_model):
     (events,) = run(engine, abort_after_three_tokens)
     assert all(event.finish_reason is None for event in events)
     assert engine.stats.num_free_blocks == 64 and engine.stats.num_running == 0
+
+
+@pytest.mark.parametrize("disk_dtype", ["float16", "float32"])
+def test_a_prefix_read_back_from_disk_matches_a_cold_run(loaded_model: LoadedModel, sequential,
+                                                         prompts, tmp_path, disk_dtype):
+    """A restart: a new engine (new pool) on the disk tier the first one wrote. The K/V it reads back,
+    float16 halving the pool's float32, must give the cold run's greedy stream."""
+    def with_disk() -> EngineLoop:
+        return make_engine(loaded_model, 64, DiskTier(tmp_path, "smollm2", 2**30, disk_dtype))
+
+    jobs = [lambda e, p=p: generate(e, p) for p in prompts]
+    run(with_disk(), *jobs)
+    restarted = with_disk()
+    results = run(restarted, *jobs)
+    stats = restarted.stats
+    assert stats.disk.misses == 0 and stats.disk.hits >= (len(prompts[0]) - 1) // BLOCK  # shared ones once
+    for cold, restored in zip(sequential, results):
+        assert restored.final.cached_tokens == (restored.final.prompt_tokens - 1) // BLOCK * BLOCK
+        assert_same_stream(cold, restored)
