@@ -102,7 +102,8 @@ class DiskWriter:
             size = write_block(self.directory, self.model_key, block.block_hash, block.token_ids, kv)
         except OSError as error:  # a full disk or a removed directory costs hits, not the server
             self.failed += 1
-            log.warning("disk cache: could not write a block: %s", error)
+            if self.failed in (1, 10) or self.failed % 1000 == 0:  # a full disk fails every block
+                log.warning("disk cache: could not write a block (%d failed so far): %s", self.failed, error)
             self._on_written(block.block_hash, None)
             return
         self.bytes_written += size
