@@ -9,11 +9,12 @@ copying in converts from the disk's, straight into the pool. Either way the pool
 step: the engine loop calls these between steps.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import mlx.core as mx
 import numpy as np
 
+from engine.attention_plan import context_runs
 from engine.device import on_gpu
 from engine.kv_pool import KVPool
 
@@ -49,35 +50,28 @@ def _on_host(pool: KVPool) -> bool:
     return not on_gpu() and pool.dtype in _HOST_DTYPES
 
 
-def _runs(block_ids: list[int]) -> Iterator[tuple[int, int, int]]:
-    """(index in block_ids, first block id, length) of each run of consecutive ids."""
-    start = 0
-    for i in range(1, len(block_ids) + 1):
-        if i == len(block_ids) or block_ids[i] != block_ids[i - 1] + 1:
-            yield start, block_ids[start], i - start
-            start = i
-
-
 def _layer_views(pool: KVPool) -> list[tuple[np.ndarray, np.ndarray]]:
     mx.eval(pool.keys, pool.values)  # the last step's writes, which async_eval may still run
     return [(np.array(k, copy=False), np.array(v, copy=False)) for k, v in zip(pool.keys, pool.values)]
 
 
-def _run_view(layer: np.ndarray, first: int, length: int, block_size: int) -> np.ndarray:
-    """`[length, kv_heads, block_size, head_dim]` view of a run of blocks in one layer's array."""
+def _run_view(layer: np.ndarray, slot: int, num_slots: int, block_size: int) -> np.ndarray:
+    """`[blocks, kv_heads, block_size, head_dim]` view of whole blocks' slots in one layer's array."""
     heads, _, head_dim = layer.shape
-    rows = layer[:, first * block_size:(first + length) * block_size]
-    return rows.reshape(heads, length, block_size, head_dim).transpose(1, 0, 2, 3)
+    rows = layer[:, slot:slot + num_slots]
+    return rows.reshape(heads, num_slots // block_size, block_size, head_dim).transpose(1, 0, 2, 3)
 
 
 def _copy_out_on_host(pool: KVPool, block_ids: list[int]) -> np.ndarray:
     out = np.empty((len(block_ids), pool.num_layers, 2, pool.num_kv_heads, pool.block_size,
                     pool.head_dim), numpy_dtype(pool))
-    views = _layer_views(pool)
-    for index, first, length in _runs(block_ids):
+    views, block_size = _layer_views(pool), pool.block_size
+    # The block ids as one table: its runs are the runs of consecutive ids.
+    for run in context_runs(block_ids, len(block_ids) * block_size, block_size):
+        first, last = run.position // block_size, (run.position + run.length) // block_size
         for layer, kv in enumerate(views):
             for which in (0, 1):
-                out[index:index + length, layer, which] = _run_view(kv[which], first, length, pool.block_size)
+                out[first:last, layer, which] = _run_view(kv[which], run.slot, run.length, block_size)
     return out
 
 
@@ -86,7 +80,8 @@ def _copy_in_on_host(pool: KVPool, block_ids: list[int], blocks: Sequence[np.nda
     for block_id, kv in zip(block_ids, blocks):
         for layer, pair in enumerate(views):
             for which in (0, 1):
-                _run_view(pair[which], block_id, 1, pool.block_size)[0] = kv[layer, which]
+                slot = block_id * pool.block_size
+                _run_view(pair[which], slot, pool.block_size, pool.block_size)[0] = kv[layer, which]
 
 
 def _block_slots(pool: KVPool, block_ids: list[int]) -> mx.array:

@@ -206,8 +206,8 @@ class Scheduler:
             request.num_computed_tokens += len(seq.token_ids)
             cached = self.block_manager.publish(
                 request.seq_id, request.block_hashes.hashes, request.num_computed_tokens)
-            if self.disk is not None:
-                out.published += [self._published_block(request, i) for i in cached]
+            if self.disk is not None and cached:
+                out.published += self._published_blocks(request, cached)
             output = sampled.get(request.seq_id)
             if output is None:
                 continue
@@ -399,11 +399,11 @@ class Scheduler:
         hittable = self.block_manager.num_hittable_blocks(request.num_tokens)
         self.disk.record_admission(from_disk, max(0, hittable - num_hits - from_disk))
 
-    def _published_block(self, request: Request, index: int) -> PublishedBlock:
-        block_size = self.config.block_size
-        return PublishedBlock(self.block_manager.block_table(request.seq_id)[index],
-                              request.block_hashes.hashes[index],
-                              tuple(request.token_ids[index * block_size:(index + 1) * block_size]))
+    def _published_blocks(self, request: Request, indexes: list[int]) -> list[PublishedBlock]:
+        block_size, hashes = self.config.block_size, request.block_hashes.hashes
+        table = self.block_manager.block_table(request.seq_id)
+        return [PublishedBlock(table[i], hashes[i], tuple(request.token_ids[i * block_size:(i + 1) * block_size]))
+                for i in indexes]
 
     def _match(self, request: Request) -> PrefixMatch:
         return self.block_manager.match_prefix(request.block_hashes.hashes, request.num_tokens)
