@@ -17,6 +17,8 @@ from api.anthropic.messages import messages
 from api.api_keys import is_accepted, supplied_api_key
 from api.context import CONTEXT, ServerContext
 from api.errors import APIError, json_response
+from api.generation import ContextLengthError
+from api.model_context import claude_token_scale
 from api.metrics import http_metrics_middleware, metrics_endpoint
 from api.models import health, list_models, retrieve_model, root, version
 from api.openai import errors as openai_errors
@@ -55,9 +57,11 @@ def create_app(ctx: ServerContext) -> web.Application:
 
 
 def error_response(request: web.Request, error: APIError) -> web.Response:
-    ctx = request.app[CONTEXT]
+    settings = request.app[CONTEXT].settings
     if protocol_of(request.path) == "anthropic":
-        body: dict[str, Any] = anthropic_errors.error_body(error, ctx.claude_token_scale)
+        scale = (claude_token_scale(settings, error.limit)
+                 if isinstance(error, ContextLengthError) else 1.0)
+        body: dict[str, Any] = anthropic_errors.error_body(error, scale)
     else:
         body = openai_errors.error_body(error)
     return json_response(body, status=error.status, headers=error.headers)

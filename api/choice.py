@@ -4,7 +4,7 @@ engine's token events to typed deltas (detokenizer -> text stages -> parts)."""
 import time
 from collections.abc import AsyncIterator
 
-from api.context import ServerContext
+from api.model_context import ModelContext
 from api.deltas import ChoiceDelta, TokenLogprob
 from api.detokenizer import incremental_detokenizer
 from api.errors import APIError, bad_request
@@ -16,7 +16,7 @@ from scheduler.engine_loop import (AbortCause, EngineUnavailable, RequestRejecte
 
 
 class Choice:
-    def __init__(self, ctx: ServerContext, index: int, request_id: str, prompt_ids: list[int],
+    def __init__(self, ctx: ModelContext, index: int, request_id: str, prompt_ids: list[int],
                  sampling: SamplingParams, stages: TextStages, origin: Origin) -> None:
         self.index = index
         self.request_id = request_id

@@ -4,6 +4,7 @@ claude-env prints the exports; claude runs an installed `claude` with them, firs
 server with the Claude Code profile (a 32k context on the default model) when none answers.
 """
 
+import fnmatch
 import json
 import os
 import shlex
@@ -18,13 +19,14 @@ import urllib.request
 # model's 8k context.
 CLAUDE_SERVE_ARGS = ("--max-model-len", "32768", "--allow-long-context")
 STARTUP_TIMEOUT_S = 300
+HAIKU = "claude-haiku-4-5"  # a name Claude Code gives its small model
 
 
 def claude_env(base_url: str, api_key: str | None) -> dict[str, str]:
     """The variables that send Claude Code's traffic, both of its models, to the server."""
-    models = _served_models(base_url, api_key)
-    main = models[0] if models else "pagedmlx"
-    small = models[1] if len(models) > 1 else main
+    cards = _served_models(base_url, api_key)
+    main = cards[0]["id"] if cards else "pagedmlx"
+    small = _small_model(cards) or main
     return {
         "ANTHROPIC_BASE_URL": base_url,
         "ANTHROPIC_AUTH_TOKEN": api_key or "pagedmlx",
@@ -84,11 +86,21 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-def _served_models(base_url: str, api_key: str | None) -> list[str]:
+def _small_model(cards: list[dict]) -> str | None:
+    """The model Claude Code's small-model requests go to: the one whose alias takes Haiku names
+    (claude-*haiku*), else the second listed (the first is the default, the main one)."""
+    for card in cards[1:]:
+        if any(fnmatch.fnmatchcase(HAIKU, alias.lower()) for alias in card.get("aliases", ())):
+            return card["id"]
+    return cards[1]["id"] if len(cards) > 1 else None
+
+
+def _served_models(base_url: str, api_key: str | None) -> list[dict]:
+    """/v1/models' cards, the default model first."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         request = urllib.request.Request(base_url + "/v1/models", headers=headers)
         with urllib.request.urlopen(request, timeout=5) as response:
-            return [card["id"] for card in json.loads(response.read())["data"]]
+            return list(json.loads(response.read())["data"])
     except (urllib.error.URLError, OSError, KeyError, ValueError):
         return []

@@ -73,12 +73,18 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     for option in options():
         kind = value_type(option.name)
-        shown_default = "" if option.default is None else f"; default {option.default}"
+        shown_default = "" if option.default in (None, ()) else f"; default {option.default}"
         help_text = f"{option.metadata['help']} [env {env_name(option.name)}{shown_default}]"
         if kind is bool:
             parser.add_argument(
                 flag_name(option.name), action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS, help=help_text,
+            )
+            continue
+        if kind is tuple:
+            parser.add_argument(
+                flag_name(option.name), action="append", default=argparse.SUPPRESS,
+                metavar=option.name.split("_")[-1].upper(), help=help_text,
             )
             continue
         parser.add_argument(
@@ -89,7 +95,8 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "claude_args")}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+              if k not in ("command", "config", "claude_args")}
     return load_settings(values, environ, args.config or environ.get(CONFIG_ENV))
 
 

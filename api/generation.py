@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from api.back_pressure import overloaded, queue_is_full
 from api.choice import Choice
-from api.context import ServerContext
+from api.model_context import ModelContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, bad_request
 from api.sessions import Origin, salted
@@ -46,7 +46,7 @@ class ContextLengthError(APIError):
         self.limit = limit
 
 
-def resolve_max_tokens(ctx: ServerContext, params: GenerationParams, prompt_len: int,
+def resolve_max_tokens(ctx: ModelContext, params: GenerationParams, prompt_len: int,
                        prompt_param: str) -> tuple[int, str | None]:
     """The max_tokens to run with and, when it was clamped to the context, the header value."""
     limit = ctx.max_model_len
@@ -80,7 +80,7 @@ class Usage:
     completion_tokens: int
 
 
-def submit_choices(ctx: ServerContext, request_id: str, prompts: list[list[int]],
+def submit_choices(ctx: ModelContext, request_id: str, prompts: list[list[int]],
                    params: GenerationParams, prompt_param: str,
                    make_stages: Callable[[], TextStages], origin: Origin,
                    constraints: Sequence[object] | None = None) -> Submission:

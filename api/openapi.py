@@ -83,14 +83,16 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"input_tokens": {"type": "integer"}}})},
                 "AnthropicError", (400, 401, 413, 529), OPTIONAL_KEY, [BETA])},
             "/v1/models": {"get": _operation(
-                "The served model", None, {200: _json("a list with the served model")},
+                "The served models", None,
+                {200: _json("the served models, the default first, each with its state (loaded, "
+                            "loading, unloaded, unloading), aliases and pin")},
                 "OpenAIError", (401,), OPTIONAL_KEY)},
             "/v1/models/{model}": {"get": _operation(
                 "One model", None, {200: _json("the model's card")}, "OpenAIError", (401, 404),
                 OPTIONAL_KEY,
                 [{"name": "model", "in": "path", "required": True, "schema": _STRING}])},
-            "/": {"get": _operation("The server's name, model and endpoints", None,
-                                    {200: _json("name, model and endpoints")})},
+            "/": {"get": _operation("The server's name, models and endpoints", None,
+                                    {200: _json("name, default model, models and endpoints")})},
             "/health": {"get": _operation(
                 "Liveness and readiness", None,
                 {200: _json("ok, with the running and waiting requests and the KV-cache blocks"),

@@ -3,13 +3,13 @@ the users' code and conversations, and nothing else in the log holds any text of
 
 import logging
 
-from api.context import ServerContext
+from api.model_context import ModelContext
 from api.generation import Submission
 
 log = logging.getLogger("pagedmlx.prompts")
 
 
-def log_exchange(ctx: ServerContext, submission: Submission) -> None:
+def log_exchange(ctx: ModelContext, submission: Submission) -> None:
     """The prompt(s) and each choice's output so far, as one record per prompt and choice."""
     for index, prompt_ids in enumerate(submission.prompts):
         log.info("%s prompt %d: %r", submission.request_id, index, ctx.tokenizer.decode(prompt_ids))

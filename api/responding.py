@@ -13,9 +13,9 @@ from typing import Protocol
 
 from aiohttp import web
 
-from api.context import ServerContext
 from api.deltas import ChoiceDelta
 from api.errors import APIError, json_response
+from api.model_context import ModelContext
 from api.generation import Submission, Usage, merged_deltas, usage
 from api.prompt_log import log_exchange
 from api.request_ids import request_id_of
@@ -34,11 +34,13 @@ class ResponseShape(Protocol):
     def body(self, results: list[ChoiceResult], usage: Usage) -> dict: ...
 
 
-async def respond(request: web.Request, ctx: ServerContext, submission: Submission,
-                  shape: ResponseShape, stream: bool) -> web.StreamResponse:
+async def respond(request: web.Request, ctx: ModelContext, submission: Submission,
+                  shape: ResponseShape, stream: bool,
+                  events: EventStream | None = None) -> web.StreamResponse:
+    """events: the stream, when it was opened already (while the model loaded)."""
     try:
         if stream:
-            return await _stream(request, ctx, submission, shape)
+            return await _stream(request, ctx, submission, shape, events)
         results = await _collect(submission)
         return json_response(shape.body(results, usage(submission)), headers=submission.headers)
     except asyncio.CancelledError:
@@ -70,11 +72,13 @@ async def _collect(submission: Submission) -> list[ChoiceResult]:
     return results
 
 
-async def _stream(request: web.Request, ctx: ServerContext, submission: Submission,
-                  shape: ResponseShape) -> web.StreamResponse:
-    events = EventStream(request, submission.headers)
+async def _stream(request: web.Request, ctx: ModelContext, submission: Submission,
+                  shape: ResponseShape, events: EventStream | None) -> web.StreamResponse:
+    if events is None:
+        events = EventStream(request, submission.headers)
     try:
-        await events.open()
+        if not events.response.prepared:
+            await events.open()
         await events.send(shape.opening())
         keepalive_s = ctx.settings.keepalive_s
         async with contextlib.aclosing(merged_deltas(submission.choices, keepalive_s)) as deltas:
@@ -92,6 +96,6 @@ async def _stream(request: web.Request, ctx: ServerContext, submission: Submissi
     return events.response
 
 
-def _count_tool_calls(ctx: ServerContext, submission: Submission) -> None:
+def _count_tool_calls(ctx: ModelContext, submission: Submission) -> None:
     for choice in submission.choices:
         ctx.metrics.count_tool_calls(choice.stages.num_calls, choice.stages.num_broken_calls)

@@ -36,16 +36,39 @@ def _option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) 
 
 @dataclass(frozen=True)
 class Settings:
-    model: str | None = _option(
-        None,
-        "model to serve: a GGUF file, an mlx-lm model folder or a Hugging Face repo id "
-        "(default: the bundled SmolLM2-135M-Instruct)",
+    model: tuple[str, ...] = _option(
+        (),
+        "model to serve: a GGUF file, an mlx-lm model folder or a Hugging Face repo id, as "
+        "SPEC or NAME=SPEC; repeat it to serve several, which load on first use (default: the "
+        "bundled SmolLM2-135M-Instruct; the first one given is loaded at start-up)",
+    )
+    model_alias: tuple[str, ...] = _option(
+        (), "PATTERN=NAME: requests whose model matches PATTERN (a name, or a shell pattern such "
+        "as 'claude-*haiku*') go to the model NAME; repeatable"
+    )
+    default_model: str | None = _option(
+        None, "the model that serves requests naming no model or an unknown one (default: the "
+        "first --model)"
+    )
+    pin_model: tuple[str, ...] = _option(
+        (), "keep this model loaded from start-up on, never unloaded; repeatable (a server of "
+        "one model keeps it loaded unless --model-ttl is set)"
+    )
+    model_ttl_s: float | None = _option(
+        None, "unload a model that served no request for this many seconds (default: never; "
+        "pinned models stay)"
+    )
+    memory_gb: float | None = _option(
+        None, "most memory the loaded models' weights and KV cache budgets may take together, in "
+        "GB; a load that needs room first unloads the least recently used idle models (default: "
+        "half the free memory at start-up on the CPU, 0.7 of it on a GPU)"
     )
     host: str = _option("127.0.0.1", "address to bind; use 0.0.0.0 to accept remote clients (a "
                         "warning is printed when that is done without an API key)")
     port: int = _option(8081, "TCP port to listen on")
     served_model_name: str | None = _option(
-        None, "model name reported by /v1/models (default: the model's own name)"
+        None, "name of a model given without NAME= (default: its own name, e.g. the file's or "
+        "folder's name)"
     )
     api_key: str | None = _option(
         None, "require this key as 'Authorization: Bearer KEY' or 'x-api-key' on every route but "
@@ -129,7 +152,8 @@ class Settings:
         False, "reject a max_tokens beyond what the context leaves instead of clamping it"
     )
     strict_model_name: bool = _option(
-        False, "reject a request whose model is not the served model name (404)"
+        False, "reject a request whose model names no served model or alias (404) instead of "
+        "sending it to the default model"
     )
     keepalive_s: float = _option(
         5.0, "seconds of silence after which a stream gets an SSE ': keep-alive' comment"
@@ -139,13 +163,16 @@ class Settings:
         10.0, "on Ctrl-C or SIGTERM, seconds to let in-flight requests finish before aborting them"
     )
     log_level: str = _option("info", "logging level", choices=LOG_LEVELS)
+    model_tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(
+        default=(), metadata={"help": "", "choices": None, "config_only": True})
 
     def __post_init__(self) -> None:
         for name in ("port", "block_size"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.port < 65536, "port", "must be below 65536")
         for name in ("max_num_seqs", "max_queue", "max_num_batched_tokens", "max_model_len",
-                     "default_max_tokens", "max_step_ms", "kv_cache_gb"):
+                     "default_max_tokens", "max_step_ms", "kv_cache_gb", "model_ttl_s",
+                     "memory_gb"):
             value = getattr(self, name)
             _require(value is None or value > 0, name, "must be positive")
         _require(self.disk_cache_gb >= 0, "disk_cache_gb", "must not be negative")
@@ -174,20 +201,27 @@ def env_name(name: str) -> str:
 
 
 def options() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(Settings)
+    """The options of the command line and the environment (the config file has these, and
+    [models.NAME] tables)."""
+    return tuple(option for option in dataclasses.fields(Settings)
+                 if not option.metadata.get("config_only"))
 
 
 def value_type(name: str) -> type:
-    """The scalar type of an option (str, int, float or bool), with the Optional stripped."""
+    """The type of an option (str, int, float, bool, or tuple for a repeatable str), with the
+    Optional stripped."""
     hint = typing.get_type_hints(Settings)[name]
     if isinstance(hint, types.UnionType):
         return next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return hint
+    return typing.get_origin(hint) or hint
 
 
 def parse_value(name: str, raw: str) -> Any:
-    """Converts a string (environment, command line) to the option's type."""
+    """Converts a string (environment, command line) to the option's type; a repeatable
+    option's environment variable holds its values separated by commas."""
     kind = value_type(name)
+    if kind is tuple:
+        return tuple(value.strip() for value in raw.split(",") if value.strip())
     if kind is bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -225,14 +259,35 @@ def _read_config(path: str, names: set[str]) -> dict[str, Any]:
         raise SettingsError(f"--config: cannot read {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"--config: {path} is not valid TOML: {error}") from None
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
+        if name == "models":
+            values["model_tables"] = _model_tables(value, path)
+            continue
         if name not in names:
             raise SettingsError(f"--config: unknown key {key!r} in {path}")
-        kind = value_type(name)
-        wrong_bool = isinstance(value, bool) and kind is not bool
-        if wrong_bool or not (isinstance(value, kind) or (kind is float and type(value) is int)):
-            raise SettingsError(f"--config: {key} must be a {kind.__name__}, got {value!r}")
-        values[name] = kind(value)
+        values[name] = config_value(name, value, key)
     return values
+
+
+def config_value(name: str, value: Any, key: str) -> Any:
+    """A config file's value for option `name`, checked against its type."""
+    kind = value_type(name)
+    if kind is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise SettingsError(f"--config: {key} must be a string or a list of strings, "
+                                f"got {value!r}")
+        return tuple(items)
+    wrong_bool = isinstance(value, bool) and kind is not bool
+    if wrong_bool or not (isinstance(value, kind) or (kind is float and type(value) is int)):
+        raise SettingsError(f"--config: {key} must be a {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+def _model_tables(tables: Any, path: str) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """[models.NAME] tables, in file order; their keys are checked where models are configured."""
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise SettingsError(f"--config: 'models' in {path} must hold [models.NAME] tables")
+    return tuple((name, tuple(table.items())) for name, table in tables.items())

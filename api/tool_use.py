@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from api.context import ServerContext
+from api.model_context import ModelContext
 from api.errors import bad_request
 from api.reasoning import ReasoningParser, starts_inside_for
 from api.text_stages import TextStages
@@ -21,7 +21,7 @@ from api.tool_grammar import json_object_grammar, json_schema_grammar, tool_call
 log = logging.getLogger("pagedmlx.api")
 
 
-def stages_factory(ctx: ServerContext, stop: tuple[str, ...], tools: list[dict[str, Any]],
+def stages_factory(ctx: ModelContext, stop: tuple[str, ...], tools: list[dict[str, Any]],
                    choice: ToolChoice, prompt_ids: list[int]) -> Callable[[], TextStages]:
     """The text stages of each choice: stop strings, reasoning, then tool calls when offered."""
     names = frozenset(tool["function"]["name"] for tool in tools)
@@ -41,7 +41,7 @@ def stages_factory(ctx: ServerContext, stop: tuple[str, ...], tools: list[dict[s
     return make
 
 
-def _request_grammar(ctx: ServerContext, tools: list[dict[str, Any]], choice: ToolChoice,
+def _request_grammar(ctx: ModelContext, tools: list[dict[str, Any]], choice: ToolChoice,
                      response_format: dict[str, Any] | None) -> str | None:
     """The grammar for this request's answers, or None when they run free."""
     if response_format is not None:
@@ -62,7 +62,7 @@ def _request_grammar(ctx: ServerContext, tools: list[dict[str, Any]], choice: To
                              parallel=choice.parallel)
 
 
-async def request_constraints(ctx: ServerContext, tools: list[dict[str, Any]], choice: ToolChoice,
+async def request_constraints(ctx: ModelContext, tools: list[dict[str, Any]], choice: ToolChoice,
                               count: int, response_format: dict[str, Any] | None = None
                               ) -> list | None:
     """One matcher per choice (None when the answers run free), compiled off the event loop and

@@ -51,7 +51,8 @@ from benchmarks import claude_code_traffic as cc
 from benchmarks.claude_code_sessions import FIRST_PROMPTS, SessionsWorkload, conversation_turns, rendered_prompt
 from benchmarks.load_generator import RequestRecord, client_session
 from benchmarks.server_metrics import HITS, QUERIES, sample_sum
-from benchmarks.servers import PAGEDMLX, STOP_TIMEOUT_S, ServerKind, ServerProcess, pagedmlx_command, served_model_name
+from benchmarks.servers import (PAGEDMLX, STOP_TIMEOUT_S, ServerKind, ServerProcess, pagedmlx_command,
+                                pagedmlx_kind, served_model_name)
 from benchmarks.serving_bench import warm_up
 from benchmarks.sse_clients import fold_messages_event, stream_request
 
@@ -121,12 +122,6 @@ class GracefulServer(ServerProcess):
         except subprocess.TimeoutExpired:
             self._process.kill()
             self.exit_code = self._process.wait()
-
-
-def pagedmlx_kind(name: str, flags: Sequence[str]) -> ServerKind:
-    """pagedmlx serve as the other benchmarks start it, with `flags` after (a repeated flag: the last wins)."""
-    return ServerKind(name, lambda port: [*pagedmlx_command(port), *flags], PAGEDMLX.extra_fields,
-                      speaks_anthropic=True)
 
 
 def disk_flags(directory: str | None) -> list[str]:

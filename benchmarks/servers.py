@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,12 @@ def mlx_lm_command(port: int) -> list[str]:
 
 PAGEDMLX = ServerKind("pagedmlx", pagedmlx_command, {"ignore_eos": True}, speaks_anthropic=True)
 MLX_LM = ServerKind("mlx_lm", mlx_lm_command)
+
+
+def pagedmlx_kind(name: str, flags: Sequence[str]) -> ServerKind:
+    """pagedmlx serve as the other benchmarks start it, with `flags` after (a repeated flag: the last wins)."""
+    return ServerKind(name, lambda port: [*pagedmlx_command(port), *flags], PAGEDMLX.extra_fields,
+                      speaks_anthropic=True)
 
 
 def peer(url: str) -> ServerKind:

@@ -132,13 +132,43 @@ def default_model_path() -> Path:
     return Path(next(iter(package.submodule_search_locations))) / DEFAULT_MODEL_FILE
 
 
+def model_id_of(spec: str | None) -> str:
+    """The id load_model(spec) will report, found without loading or downloading: a missing local
+    path raises ModelLoadError now."""
+    if spec in (None, "default", DEFAULT_MODEL_ID):
+        return DEFAULT_MODEL_ID
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path.stem if path.is_file() else path.name
+    if _is_local_path(spec):
+        raise ModelLoadError(f"no such file or directory: {spec}")
+    return spec
+
+
+def stored_weight_bytes(spec: str | None) -> int:
+    """The size of the weight files of a local spec, before loading (0 for a repo id not
+    downloaded): what a load will take, near enough, unless the dtype policy converts them."""
+    if spec in (None, "default", DEFAULT_MODEL_ID):
+        return default_model_path().stat().st_size
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.glob("*.safetensors"))
+    return 0
+
+
+def _is_local_path(spec: str) -> bool:
+    return spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+
+
 def _resolve(spec: str) -> tuple[Path, str, str]:
     """(local path, model id, source): a local path as given, or a Hugging Face repo id
     downloaded (or found in the HF cache)."""
     path = Path(spec).expanduser()
     if path.exists():
         return path, path.stem if path.is_file() else path.name, str(path)
-    if spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+    if _is_local_path(spec):
         raise ModelLoadError(f"no such file or directory: {spec}")
     try:
         return Path(snapshot_download(spec, allow_patterns=DEFAULT_ALLOW_PATTERNS)), spec, spec

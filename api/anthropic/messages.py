@@ -1,16 +1,17 @@
 """POST /v1/messages (also ?beta=true): the Anthropic Messages API, as Claude Code uses it."""
 
 import uuid
+from typing import Any
 
 from aiohttp import web
 
 from api.anthropic.convert import read_request
 from api.anthropic.schema import MessagesRequest
 from api.anthropic.stream import MessageShape
-from api.context import CONTEXT
 from api.errors import bad_request
 from api.generation import GenerationParams, submit_choices
 from api.json_body import read_json_body
+from api.model_lease import Lease, with_model
 from api.prompt_render import render_prompt
 from api.responding import respond
 from api.sessions import request_origin
@@ -22,9 +23,13 @@ ANTHROPIC_TOOL_CHOICE = {"auto": "auto", "any": "required", "tool": "named", "no
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    body, conversation = await ctx.run_off_loop(read_request, await read_json_body(request))
-    model = ctx.check_model_name(body.model)
+    raw = await read_json_body(request)
+    return await with_model(request, raw, lambda lease: _message(request, raw, lease))
+
+
+async def _message(request: web.Request, raw: Any, lease: Lease) -> web.StreamResponse:
+    ctx = lease.ctx
+    body, conversation = await ctx.run_off_loop(read_request, raw)
     prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, conversation)
     choice = tool_choice(body)
     # A deferred tool, once loaded through a tool_reference, can be called like the others.
@@ -39,9 +44,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     submission = submit_choices(ctx, message_id, [prompt_ids], params, "messages", make_stages,
                                 request_origin(request), constraints)
     thinking = (body.thinking or {}).get("type") in ("enabled", "adaptive")
-    shape = MessageShape(message_id, model, submission, ctx.block_size, ctx.claude_token_scale,
-                         thinking)
-    return await respond(request, ctx, submission, shape, params.stream)
+    shape = MessageShape(message_id, lease.model, submission, ctx.block_size,
+                         ctx.claude_token_scale, thinking)
+    return await respond(request, ctx, submission, shape, params.stream, lease.events)
 
 
 def tool_choice(body: MessagesRequest) -> ToolChoice:

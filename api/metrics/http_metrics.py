@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from api.context import CONTEXT
-from api.metrics.family import LABELS, Families
+from api.metrics.family import Families
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the response began
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -15,10 +15,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class HttpMetrics:
     def __init__(self, families: Families) -> None:
         self._values = families.values
-        self._requests = Counter(
-            "pagedmlx:http_requests", "HTTP requests by route pattern, method and status "
+        self._requests = families.family(
+            Counter, "pagedmlx:http_requests", "HTTP requests by route pattern, method and status "
             f"({CLIENT_CLOSED}: the client left before the response began).",
-            (*LABELS, "route", "method", "status"), registry=families.registry)
+            ("route", "method", "status"))
 
     def count(self, route: str, method: str, status: int) -> None:
         self._requests.labels(*self._values, route, method, str(status)).inc()

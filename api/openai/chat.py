@@ -7,13 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from api.context import CONTEXT
 from api.conversation import Conversation
 from api.deltas import (ChoiceDelta, ReasoningPart, TextPart, ToolCallArguments, ToolCallStart)
 from api.generation import Usage, submit_choices
 from api.openai.framing import OpenAIStream, openai_usage
 from api.openai.logprobs import chat_logprobs
 from api.json_body import read_json_body
+from api.model_lease import Lease, with_model
 from api.openai.validation import parse_chat_request
 from api.prompt_render import render_prompt
 from api.responding import respond
@@ -23,10 +23,14 @@ from api.tool_use import request_constraints, stages_factory
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    chat = parse_chat_request(await read_json_body(request), ctx.vocab_size)
+    body = await read_json_body(request)
+    return await with_model(request, body, lambda lease: _chat(request, body, lease))
+
+
+async def _chat(request: web.Request, body: Any, lease: Lease) -> web.StreamResponse:
+    ctx = lease.ctx
+    chat = parse_chat_request(body, ctx.vocab_size)
     params = chat.params
-    model = ctx.check_model_name(params.model)
     conversation = Conversation(messages=chat.messages, tools=chat.tools, deferred_tools={})
     prompt_ids = await ctx.run_off_loop(render_prompt, ctx.encode_tokenizer, conversation,
                                         chat.chat_template_kwargs)
@@ -36,9 +40,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     submission = submit_choices(ctx, request_id, [prompt_ids], params, "messages", make_stages,
                                 request_origin(request), constraints)
-    shape = ChatShape(request_id, model, ctx.tokenizer, len(submission.choices),
+    shape = ChatShape(request_id, lease.model, ctx.tokenizer, len(submission.choices),
                       params.include_usage)
-    return await respond(request, ctx, submission, shape, params.stream)
+    return await respond(request, ctx, submission, shape, params.stream, lease.events)
 
 
 class ChatShape(OpenAIStream):

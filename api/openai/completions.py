@@ -6,13 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from api.context import CONTEXT
 from api.deltas import ChoiceDelta
 from api.errors import bad_request
 from api.generation import Usage, submit_choices
 from api.openai.framing import OpenAIStream, openai_usage
 from api.openai.logprobs import completion_logprobs
 from api.json_body import read_json_body
+from api.model_lease import Lease, with_model
 from api.openai.validation import parse_completion_request
 from api.responding import respond
 from api.sessions import request_origin
@@ -21,9 +21,13 @@ from api.text_stages import TextStages
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    completion = parse_completion_request(await read_json_body(request), ctx.vocab_size)
-    model = ctx.check_model_name(completion.params.model)
+    body = await read_json_body(request)
+    return await with_model(request, body, lambda lease: _complete(request, body, lease))
+
+
+async def _complete(request: web.Request, body: Any, lease: Lease) -> web.StreamResponse:
+    ctx = lease.ctx
+    completion = parse_completion_request(body, ctx.vocab_size)
     prompts = await ctx.run_off_loop(tokenize_prompts, ctx.encode_tokenizer, completion.prompts)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     stop = completion.params.stop
@@ -32,9 +36,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     n = completion.params.n
     echoes = [_prompt_text(ctx.tokenizer, completion.prompts[i // n]) if completion.echo else ""
               for i in range(len(submission.choices))]
-    shape = CompletionShape(request_id, model, ctx.tokenizer, echoes,
+    shape = CompletionShape(request_id, lease.model, ctx.tokenizer, echoes,
                             completion.params.include_usage)
-    return await respond(request, ctx, submission, shape, completion.params.stream)
+    return await respond(request, ctx, submission, shape, completion.params.stream,
+                         lease.events)
 
 
 def tokenize_prompts(tokenizer: Any, prompts: list[str | list[int]]) -> list[list[int]]:

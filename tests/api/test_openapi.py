@@ -13,15 +13,9 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 
 def registered_routes() -> set[tuple[str, str]]:
     """(method, path) of every route of create_app; HEAD comes with each GET."""
-    ctx = ServerContext(settings=Settings(), engine=None, tokenizer=None, model_name="m",
-                        max_model_len=1024, eos_token_ids=(), metrics=None, block_size=16,
-                        tool_parser_name="hermes", grammar=None)
-    try:
-        app = create_app(ctx)
-        return {(route.method.lower(), route.resource.canonical)
-                for route in app.router.routes() if route.method != "HEAD"}
-    finally:
-        ctx.close()
+    app = create_app(ServerContext(settings=Settings(), models=None, metrics=None))
+    return {(route.method.lower(), route.resource.canonical)
+            for route in app.router.routes() if route.method != "HEAD"}
 
 
 def documented_routes() -> set[tuple[str, str]]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from api.context import ServerContext
+from api.model_context import ModelContext
 from api.detokenizer import incremental_detokenizer
 from api.settings import Settings
 from engine.model_loader import LoadedModel
@@ -16,22 +16,22 @@ ROUNDS = 200
 
 
 @pytest.fixture
-def ctx(loaded_model: LoadedModel) -> Iterator[ServerContext]:
-    context = ServerContext(settings=Settings(), engine=None, tokenizer=loaded_model.tokenizer,
+def ctx(loaded_model: LoadedModel) -> Iterator[ModelContext]:
+    context = ModelContext(settings=Settings(), engine=None, tokenizer=loaded_model.tokenizer,
                             model_name="m", max_model_len=2048, eos_token_ids=(), metrics=None,
                             block_size=16, tool_parser_name="hermes", grammar=None)
     yield context
     context.close()
 
 
-def test_the_tokenize_thread_has_its_own_tokenizer(ctx: ServerContext):
+def test_the_tokenize_thread_has_its_own_tokenizer(ctx: ModelContext):
     assert ctx.encode_tokenizer is not ctx.tokenizer
     assert ctx.encode_tokenizer.backend_tokenizer is not ctx.tokenizer.backend_tokenizer
     assert ctx.encode_tokenizer.encode(TEXT) == ctx.tokenizer.encode(TEXT)
     assert ctx.encode_tokenizer.chat_template == ctx.tokenizer.chat_template
 
 
-def test_encoding_off_the_loop_while_the_loop_decodes(ctx: ServerContext):
+def test_encoding_off_the_loop_while_the_loop_decodes(ctx: ModelContext):
     ids = ctx.tokenizer.encode(TEXT)
 
     def stream() -> str:

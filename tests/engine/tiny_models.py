@@ -13,7 +13,8 @@ from mlx_lm.models import llama, qwen3
 VOCAB = 101
 
 
-def tiny_llama(num_heads: int = 6, num_kv_heads: int = 2, head_dim: int = 16, seed: int = 0) -> llama.Model:
+def tiny_llama(num_heads: int = 6, num_kv_heads: int = 2, head_dim: int = 16, seed: int = 0,
+               vocab_size: int = VOCAB) -> llama.Model:
     """Llama with GQA (3 query heads per kv head by default, like SmolLM2)."""
     args = llama.ModelArgs(
         model_type="llama",
@@ -24,7 +25,7 @@ def tiny_llama(num_heads: int = 6, num_kv_heads: int = 2, head_dim: int = 16, se
         num_key_value_heads=num_kv_heads,
         head_dim=head_dim,
         rms_norm_eps=1e-5,
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         rope_theta=10000.0,
         tie_word_embeddings=True,
     )
@@ -78,10 +79,10 @@ def tiny_llama_own_attention(layer: int = 1) -> llama.Model:
     return model
 
 
-def write_tiny_llama_folder(path: Path, tokenizer) -> Path:
+def write_tiny_llama_folder(path: Path, tokenizer, vocab_size: int = VOCAB) -> Path:
     """An mlx-lm model folder at `path`: tiny_llama()'s config and weights, and `tokenizer` as
     save_pretrained writes it (tokenizer.json, tokenizer_config.json, chat_template.jinja)."""
-    model = tiny_llama()
+    model = tiny_llama(vocab_size=vocab_size)
     path.mkdir(parents=True, exist_ok=True)
     config = {key: value for key, value in dataclasses.asdict(model.args).items() if value is not None}
     (path / "config.json").write_text(json.dumps(config))

@@ -43,6 +43,8 @@ KNOWN_METRICS = {
     "pagedmlx:disk_cache_read_bytes_total", "pagedmlx:disk_cache_hits_total",
     "pagedmlx:disk_cache_misses_total", "pagedmlx:disk_cache_dropped_writes_total",
     "pagedmlx:disk_cache_size_bytes", "pagedmlx:disk_cache_capacity_bytes",
+    "pagedmlx:model_loaded_bytes", "pagedmlx:model_loads_total", "pagedmlx:model_unloads_total",
+    "pagedmlx:model_load_seconds",
 }
 
 # Digits too: vllm:e2e_request_latency_seconds.

@@ -165,6 +165,21 @@ def check_disk_size(observed: Observed, results) -> None:
 
 
 QUANTILES = (0.5, 0.9, 0.99)
+def check_model_memory(observed: Observed, results) -> None:
+    assert only(results[0]) == direct(observed, "pagedmlx:model_loaded_bytes") > 0
+
+
+def check_model_loads(observed: Observed, results) -> None:
+    loads, unloads = results
+    assert only(loads) == 1  # the one model, loaded at start-up and never unloaded
+    assert by(unloads, "reason") == {"memory": 0, "ttl": 0}
+
+
+def check_model_load_time(observed: Observed, results) -> None:
+    median, mean = (only(samples) for samples in results)
+    assert 0 < median and mean == pytest.approx(direct(observed, "pagedmlx:model_load_seconds_sum"))
+
+
 CHECKS: dict[str, Check] = {
     "Token throughput": check_token_throughput,
     "Requests finished/s": check_requests_finished,
@@ -200,6 +215,9 @@ CHECKS: dict[str, Check] = {
     "Disk tier traffic": check_disk_traffic,
     "Disk tier blocks/s": check_disk_blocks,
     "Disk tier size": check_disk_size,
+    "Model memory": check_model_memory,
+    "Model loads and unloads": check_model_loads,
+    "Model load time": check_model_load_time,
 }
 PANELS = panels()
 
