@@ -23,7 +23,7 @@ from engine.disk_cache_key import DISK_DTYPES, disk_cache_key, key_directory
 from engine.guided import GrammarCompiler
 from engine.kv_block_copy import numpy_dtype
 from engine.kv_pool import default_kv_budget_bytes
-from engine.model_loader import LoadedModel, ModelLoadError, load_model
+from engine.model_loader import LoadedModel, ModelLoadError, load_model, model_id_of
 from engine.runner import ModelRunner
 from scheduler.config import SchedulerConfig
 from scheduler.disk_tier import DiskTier
@@ -99,8 +99,9 @@ def _load(config: ModelConfig) -> LoadedModel:
     try:
         return load_model(config.spec, config.settings.dtype)
     except ModelLoadError as error:
-        raise ModelBuildError(f"cannot load model {config.name} ({config.spec or 'default'}): "
-                              f"{error}") from None
+        spec = config.spec or "default"
+        named = spec if config.name == model_id_of(config.spec) else f"{config.name} ({spec})"
+        raise ModelBuildError(f"cannot load model {named}: {error}") from None
 
 
 def _kv_budget_bytes(config: ModelConfig, share_bytes: int | None, weights_bytes: int) -> int:
