@@ -10,14 +10,13 @@ from typing import Any
 
 from aiohttp import web
 
-from api.anthropic import errors as anthropic_errors
+from api.anthropic.stream import error_frames as anthropic_error_frames
 from api.context import CONTEXT
 from api.errors import APIError
 from api.model_context import ModelContext
-from api.openai import errors as openai_errors
-from api.openai.framing import DONE
+from api.openai.framing import error_frames as openai_error_frames
 from api.sessions import protocol_of
-from api.sse import KEEPALIVE_COMMENT, EventStream, data_frame, event_frame
+from api.sse import KEEPALIVE_COMMENT, EventStream
 
 
 @dataclass
@@ -63,5 +62,5 @@ async def with_model(request: web.Request, body: Any, handler: Handler) -> web.S
 
 def _error_frames(request: web.Request, error: APIError, ctx: ModelContext) -> list[bytes]:
     if protocol_of(request.path) == "anthropic":
-        return [event_frame("error", anthropic_errors.error_body(error, ctx.claude_token_scale))]
-    return [data_frame(openai_errors.error_body(error)), DONE]
+        return anthropic_error_frames(error, ctx.claude_token_scale)
+    return openai_error_frames(error)

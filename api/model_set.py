@@ -83,12 +83,23 @@ class ModelSet:
         return list(self._entries.values())
 
     def route(self, requested: str | None) -> ModelEntry:
+        """The model serving a request's `model`; 404 when strict names refuse it."""
         name = self.router.route(requested)
         if name is None:
-            raise APIError(404, f"The model '{requested}' does not exist; this server serves "
-                           f"{', '.join(repr(n) for n in self._entries)}", param="model",
-                           code="model_not_found")
+            raise self._not_found(requested)
         return self._entries[name]
+
+    def named(self, name: str) -> ModelEntry:
+        """The model of this name (any case; aliases do not count), else 404."""
+        for entry in self._entries.values():
+            if entry.name.lower() == name.lower():
+                return entry
+        raise self._not_found(name)
+
+    def _not_found(self, name: str | None) -> APIError:
+        return APIError(404, f"The model '{name}' does not exist; this server serves "
+                        f"{', '.join(repr(n) for n in self._entries)}", param="model",
+                        code="model_not_found")
 
     @contextlib.asynccontextmanager
     async def use(self, requested: str | None,
@@ -192,9 +203,8 @@ class ModelSet:
             await self._idle.wait()
 
     def _estimated_cost(self, config: ModelConfig) -> int:
-        weights = stored_weight_bytes(config.spec)
         if config.settings.kv_cache_gb is not None:
-            return weights + int(config.settings.kv_cache_gb * 2**30)
+            return stored_weight_bytes(config.spec) + int(config.settings.kv_cache_gb * 2**30)
         return self._share
 
     def _held_bytes(self) -> int:

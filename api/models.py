@@ -6,7 +6,7 @@ from aiohttp import web
 
 from api.context import CONTEXT, ServerContext
 from api.model_set import ModelEntry
-from api.errors import APIError, json_response
+from api.errors import json_response
 
 
 def _model_card(server: ServerContext, entry: ModelEntry) -> dict:
@@ -29,13 +29,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def retrieve_model(request: web.Request) -> web.Response:
     server = request.app[CONTEXT]
-    name = request.match_info["model"]
-    for entry in server.models.entries():
-        if entry.name.lower() == name.lower():
-            return json_response(_model_card(server, entry))
-    raise APIError(404, f"The model '{name}' does not exist; this server serves "
-                   f"{', '.join(repr(e.name) for e in server.models.entries())}", param="model",
-                   code="model_not_found")
+    return json_response(_model_card(server, server.models.named(request.match_info["model"])))
 
 
 async def root(request: web.Request) -> web.Response:

@@ -128,7 +128,7 @@ class MessageShape:
         return frames + [event_frame("message_stop", {"type": "message_stop"})]
 
     def error(self, error: APIError) -> list[bytes]:
-        return [event_frame("error", error_body(error, self._token_scale))]
+        return error_frames(error, self._token_scale)
 
     def body(self, results: list[ChoiceResult], figures: Usage) -> dict:
         (result,) = results
@@ -147,3 +147,8 @@ def _content(result: ChoiceResult) -> list[dict]:
         content.append({"type": "tool_use", "id": f"toolu_{call.call_id}", "name": call.name,
                         "input": json.loads(call.arguments or "{}")})
     return content
+
+
+def error_frames(error: APIError, token_scale: float) -> list[bytes]:
+    """An error after the status line: Anthropic's `error` event."""
+    return [event_frame("error", error_body(error, token_scale))]

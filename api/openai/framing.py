@@ -38,4 +38,9 @@ class OpenAIStream:
         return [data_frame({**self._chunk_head, "choices": [], "usage": openai_usage(usage)}), DONE]
 
     def error(self, error: APIError) -> list[bytes]:
-        return [data_frame(error_body(error)), DONE]
+        return error_frames(error)
+
+
+def error_frames(error: APIError) -> list[bytes]:
+    """An error after the status line: OpenAI's error body as a data frame, then [DONE]."""
+    return [data_frame(error_body(error)), DONE]
