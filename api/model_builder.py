@@ -1,7 +1,7 @@
 """One model, built to serve: weights, KV pool, disk tier, engine loop and its ModelContext.
 
-Runs on a worker thread for a load on demand (it takes seconds, and the event loop and the other
-models' engines keep going meanwhile), or at start-up."""
+Runs on a thread of its own (engine/mlx_threads.run_in_own_thread), at start-up or for a load on
+demand: it takes seconds, and the event loop and the other models' engines keep going meanwhile."""
 
 import copy
 import logging

@@ -26,6 +26,7 @@ from api.model_config import ModelConfig, ServedModels
 from api.model_context import ModelContext
 from engine.kv_pool import default_kv_budget_bytes
 from engine.memory_limit import set_memory_limit
+from engine.mlx_threads import run_in_own_thread
 from engine.model_loader import stored_weight_bytes
 from scheduler.faults import FaultPlan
 
@@ -152,7 +153,8 @@ class ModelSet:
                 entry.state = "loading"
                 started = time.monotonic()
                 try:
-                    built = await asyncio.to_thread(build_model, entry.config, self._share,
+                    built = await run_in_own_thread(f"load-{entry.name}", build_model,
+                                                    entry.config, self._share,
                                                     self._metrics_for(entry), self._fault)
                 except ModelBuildError:
                     entry.state = "unloaded"
@@ -225,7 +227,7 @@ class ModelSet:
             built.ctx.close()
             entry.built = None
             del built
-            await asyncio.to_thread(_free_memory)
+            await run_in_own_thread(f"unload-{entry.name}", _free_memory)
             self._lifecycle[entry.name].unloads[reason].inc()
             self._set_memory_limit()
             log.info("unloaded model %s (%s)", entry.name,

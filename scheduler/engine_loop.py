@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from engine.mlx_threads import release_thread_state
 from engine.sampling_params import SamplingParams
 from engine.step_types import TokenOutput
 from scheduler.block_manager import BlockManager
@@ -200,6 +201,8 @@ class EngineLoop:
             log.exception("the engine thread failed; failing every open request")
             self._die(f"{type(error).__name__}: {error}")
             self._stats = self._snapshot()
+        finally:
+            release_thread_state()
 
     def _serve(self) -> None:
         """Until the stop message: block for messages when idle, step when there is work; after

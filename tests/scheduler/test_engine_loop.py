@@ -2,12 +2,14 @@
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
 from engine.sampling_params import SamplingParams
+from scheduler import engine_loop
 from scheduler.config import SchedulerConfig
 from scheduler.engine_loop import EngineLoop, EngineUnavailable, RequestRejected, RequestStream, TokenEvent
 from tests.scheduler.fake_runner import FakeRunner, random_prompt as prompt, reference_tokens
@@ -225,6 +227,24 @@ def test_a_dead_engine_thread_fails_every_open_stream_and_refuses_new_requests()
         await asyncio.wait_for(engine.stop(), 10)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("ending", ["stop", "thread failure"])
+def test_the_engine_thread_releases_its_mlx_state_as_its_last_act(monkeypatch, ending):
+    released: list[tuple[str, bool]] = []
+
+    async def main() -> None:
+        engine = make_engine()
+        monkeypatch.setattr(engine_loop, "release_thread_state", lambda: released.append(
+            (threading.current_thread().name, engine.scheduler.has_work)))
+        engine.start()
+        if ending == "thread failure":
+            engine.scheduler.add_request = lambda request: 1 / 0
+            await collect(engine.submit(prompt(20, 1), greedy(3)))
+        await engine.stop()
+
+    asyncio.run(main())
+    assert released == [("pagedmlx-engine", False)]
 
 
 def test_health_reports_a_thread_that_is_not_running():
