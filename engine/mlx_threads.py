@@ -10,8 +10,8 @@ that ran MLX work drops that state itself, as its last act, while it holds the G
 """
 
 import asyncio
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import mlx.core as mx
@@ -25,31 +25,17 @@ def release_thread_state() -> None:
 
 
 async def run_in_own_thread(name: str, fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) on a new thread that then releases its MLX state. Not a daemon thread: an
-    exit waits for the work rather than cutting it off inside MLX."""
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[T] = loop.create_future()
+    """fn(*args) on a new thread that then releases its MLX state and ends. An exit waits for
+    the work (as for any executor's thread) rather than cutting it off inside MLX."""
+    executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, _then_release, fn, *args)
+    finally:
+        executor.shutdown(wait=False)  # its one thread ends: it does no MLX work after the release
 
-    def settle(result: Any, error: BaseException | None) -> None:
-        if outcome.cancelled():
-            return
-        if error is None:
-            outcome.set_result(result)
-        else:
-            outcome.set_exception(error)
 
-    def body() -> None:
-        result, error = None, None
-        try:
-            result = fn(*args)
-        except BaseException as raised:  # handed to the awaiting coroutine
-            error = raised
-        finally:
-            release_thread_state()
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:  # the loop closed while fn ran: nobody waits for the outcome
-            pass
-
-    threading.Thread(target=body, name=name).start()
-    return await outcome
+def _then_release(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    finally:
+        release_thread_state()

@@ -47,8 +47,8 @@ def test_run_in_own_thread_returns_the_result_from_a_new_thread_that_released_it
                         lambda: released.append(threading.current_thread().name))
     result = asyncio.run(mlx_threads.run_in_own_thread(
         "build-x", lambda a, b: (a + b, threading.current_thread().name), 2, 3))
-    assert result == (5, "build-x")
-    assert released == ["build-x"]
+    assert result == (5, "build-x_0")
+    assert released == ["build-x_0"]
 
 
 def test_run_in_own_thread_raises_what_the_work_raised_after_releasing(monkeypatch):
@@ -61,4 +61,4 @@ def test_run_in_own_thread_raises_what_the_work_raised_after_releasing(monkeypat
 
     with pytest.raises(ValueError, match="no such weights"):
         asyncio.run(mlx_threads.run_in_own_thread("build-y", fail))
-    assert released == ["build-y"]
+    assert released == ["build-y_0"]
